@@ -1,0 +1,5 @@
+import sys
+
+from heed.cli import main
+
+sys.exit(main())

