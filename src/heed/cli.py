@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
 
 from heed import __version__
 from heed.config import DataConfig
@@ -144,13 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
     p.set_defaults(func=cmd_data_check)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from heed import cli_models
+
+    cli_models.register(sub)
     return parser
-
-
-# Later stages add their subcommands here (train, generate, ...), keeping this front thin.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:

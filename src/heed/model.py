@@ -35,6 +35,8 @@ class Preset:
         return GPT2Config(
             vocab_size=50257, n_positions=self.n_positions, n_embd=self.n_embd, n_layer=self.n_layer,
             n_head=self.n_head, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256,
+            # No dropout, as in the original design's finetuning configuration.
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
 
 
@@ -85,7 +87,30 @@ def _preset(spec: str) -> Preset:
 def _offline_hint(spec: str) -> str:
     return (f"--model {spec}: not a local directory, and not found in the Hugging Face cache "
             "(or the hub is unreachable); on a machine with internet run "
-            f"`huggingface-cli download {spec} --local-dir DIR` and pass --model DIR")
+            f"`hf download {spec} --local-dir DIR` and pass --model DIR")
+
+
+def _check_hub(spec: str) -> None:
+    """Fail at once, rather than after the hub client's retries, for a hub id that cannot load."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    try:
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return
+    except Exception:  # not a valid repo id: let the loader report it
+        raise HeedError(_offline_hint(spec)) from None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise HeedError(_offline_hint(spec))
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        raise HeedError(_offline_hint(spec)) from None
 
 
 def resolve(spec: str) -> str:
@@ -108,7 +133,9 @@ def resolve(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an org/name hub id
         raise HeedError(f"--model {spec}: no such directory")
-    return HUB_ALIASES.get(spec, spec)
+    hub_id = HUB_ALIASES.get(spec, spec)
+    _check_hub(hub_id)
+    return hub_id
 
 
 def load_tokenizer(spec: str) -> Any:
@@ -171,6 +198,10 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None) -> Any:
     """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # heed pads on the right by design; spare users the padding warning
+    hf_logging.disable_progress_bar()
 
     dtype = dtype or torch.float32
     if spec.startswith("random:"):

@@ -1,0 +1,51 @@
+"""Where training runs and in which precision: CUDA or CPU, bf16 autocast where the hardware has it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import ContextManager
+
+import torch
+
+from heed.errors import HeedError
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HeedError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise HeedError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AMX-bf16 or AVX512-bf16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes ``bf16`` on CUDA with bf16 support and on bf16-capable CPUs, else ``fp32``."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise HeedError(f"--precision {precision}: choose auto, bf16 or fp32")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """bf16 autocast for the forward pass; the weights and optimizer state stay fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,114 @@
+"""Stage 6: generation. Batched, left-padded prompts decoded with a KV cache; each row stops at its EOS.
+
+Responses are extracted from the generated text with the model's own template and written next to
+the input as ``<name>-with-response.json`` (the input records plus a ``model_response`` field).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from heed.config import GenerateConfig
+from heed.data.encode import eos_id, prompt_ids
+from heed.data.records import Record
+from heed.data.templates import Template, extract_response
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask logits outside the top-k and outside the smallest set whose probability exceeds top-p."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _next_token(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)  # (B,)
+    logits = _filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, eos: int, cfg: GenerateConfig = GenerateConfig(),
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """New token ids for each prompt (EOS not included). One batch; call in chunks for more.
+
+    Prompts are left-padded; position ids count only real tokens, so a row's result does not depend
+    on what else is in the batch.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(list(p))
+        mask[row, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    past = None
+    step_ids, step_pos = ids, positions
+    for _ in range(cfg.max_new_tokens):
+        result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
+                       use_cache=True)
+        past = result.past_key_values
+        token = _next_token(result.logits[:, -1, :].float(), cfg, generator)  # (B,)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        for row in (~finished & (token != eos)).nonzero().flatten().tolist():
+            out[row].append(int(token[row]))
+        finished |= token == eos
+        if bool(finished.all()):
+            break
+        step_ids = token[:, None]  # (B, 1)
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(step_ids)], dim=-1)
+    model.train(was_training)
+    return out
+
+
+def generate_responses(
+    model: Any, tokenizer: Any, template: Template, records: Sequence[Record], cfg: GenerateConfig = GenerateConfig(),
+    *, progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Extracted responses for records, generated in batches of ``cfg.batch_size``.
+
+    Records are processed longest prompt first so that rows in a batch need little padding.
+    """
+    prompts = prompt_ids([template.prompt(r.instruction, r.input, tokenizer) for r in records], tokenizer, template)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+    responses: list[str] = [""] * len(records)
+    for start in range(0, len(order), cfg.batch_size):
+        chunk = order[start:start + cfg.batch_size]
+        new = generate_ids(model, [prompts[i] for i in chunk], pad_id=pad, eos=eos_id(tokenizer), cfg=cfg,
+                           generator=generator)
+        for i, ids in zip(chunk, new):
+            responses[i] = extract_response(tokenizer.decode(ids, skip_special_tokens=True), template)
+        if progress:
+            progress(len(chunk))
+    return responses
+
+
+def responses_path(data: str | Path, out_dir: str | Path | None = None) -> Path:
+    data = Path(data)
+    return Path(out_dir or data.parent) / f"{data.stem}-with-response.json"
+
+
+def with_responses(records: Sequence[Record], responses: Sequence[str]) -> list[dict[str, Any]]:
+    return [dict(r.raw) | {"model_response": response} for r, response in zip(records, responses)]

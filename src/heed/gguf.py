@@ -1,0 +1,58 @@
+"""GGUF models: dequantized once through transformers, then cached as safetensors + tokenizer.
+
+The first use of a ``.gguf`` file takes a while (dequantizing every tensor); later uses load the
+cached Hugging Face directory in seconds. The cache lives under ``heed.model.cache_dir()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+from heed.errors import HeedError
+from heed.io import atomic_dir
+
+COMPLETE = "heed-gguf-complete"
+
+
+def _fingerprint(path: Path) -> str:
+    """Name, size and the first and last MiB: enough to tell GGUF files apart without reading all."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.name}:{stat.st_size}".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def cached_gguf(path: str | Path) -> Path:
+    """The cached Hugging Face directory for a GGUF file, creating it on first use."""
+    from heed.model import cache_dir
+
+    path = Path(path).expanduser().resolve()
+    target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
+    if (target / COMPLETE).is_file():
+        return target
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF)
+    except ImportError:
+        raise HeedError(f"--model {path}: reading GGUF files needs the gguf package: pip install 'heed[gguf]'") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"heed: dequantizing {path.name} once (cached in {target})", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise HeedError(f"--model {path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}") from None
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE).write_text(f"{path}\n")
+    print(f"heed: cached in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    return target

@@ -1,0 +1,365 @@
+"""Stage 5: the training loop — step, evaluate, early stop, checkpoint, resume, save.
+
+Reads top to bottom like nanoGPT's train.py; each helper does one thing. The loss is plain
+cross-entropy between ``logits[:, t]`` and ``targets[:, t]`` because collate already shifted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from heed import __version__, checkpoint
+from heed.config import GenerateConfig, RunConfig
+from heed.data import load_split
+from heed.data.batch import Batch, batch_order, collate, iter_batches
+from heed.data.encode import IGNORE_INDEX, Example, encode_records
+from heed.data.records import Record
+from heed.data.templates import Template, get_template
+from heed.device import autocast, choose_device, resolve_precision
+from heed.errors import HeedError
+from heed.generate import generate_responses, with_responses
+from heed.io import write_json, write_text
+from heed.lora import add_adapters, is_adapted, merged
+from heed.model import context_length, load_model, load_tokenizer, model_config, save_model
+from heed.plot import plot_losses
+
+Log = Callable[[str], None]
+
+
+def _log(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    tokens_seen: int
+    best_step: int | None
+    best_val_loss: float | None
+    final_train_loss: float | None
+    final_val_loss: float | None
+    stopped_early: bool
+    seconds: float
+    metrics: list[dict[str, Any]]
+
+
+# Architectures whose logits are exactly ``lm_head(last_hidden_state)`` (Gemma's optional soft-capping
+# is applied below); for these the head runs only where a target is supervised.
+PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"}
+
+
+def _body_and_head(model: Any) -> tuple[Any, Any, float | None] | None:
+    inner = model.get_base_model() if is_adapted(model) else model
+    config = inner.config
+    if config.model_type not in PLAIN_HEAD_TYPES or inner.base_model is inner:
+        return None
+    return inner.base_model, inner.get_output_embeddings(), getattr(config, "final_logit_softcapping", None)
+
+
+def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the supervised targets of a batch (targets are already shifted).
+
+    Where the architecture allows, logits are computed only at supervised positions — (N, V) instead
+    of the full (B, T, V), which is most of the cost for small models with large vocabularies.
+    """
+    parts = _body_and_head(model)
+    supervised = batch.targets != IGNORE_INDEX  # (B, T)
+    with autocast(precision, device):
+        if parts is None:
+            logits = model(input_ids=batch.inputs).logits[supervised]  # (N, V)
+        else:
+            body, head, softcap = parts
+            hidden = body(input_ids=batch.inputs).last_hidden_state  # (B, T, C)
+            logits = head(hidden[supervised])  # (N, V)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), batch.targets[supervised], reduction="sum")
+
+
+@torch.no_grad()
+def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id: int, num_batches: int,
+             precision: str, device: torch.device) -> float | None:
+    """Mean loss per supervised token over the first ``num_batches`` batches (None without examples)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for i, batch in enumerate(iter_batches(examples, batch_size, pad_id)):
+        if i >= num_batches:
+            break
+        total += float(loss_sum(model, batch.to(device), precision, device))
+        tokens += batch.supervised_tokens
+    model.train(was_training)
+    return total / tokens
+
+
+def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Example], *, grad_accum: int,
+               pad_id: int, clip: float | None, precision: str, device: torch.device) -> float:
+    """One optimizer step over ``examples`` split into ``grad_accum`` micro-batches.
+
+    Each micro-batch's summed loss is divided by the supervised tokens of the whole step, so the
+    gradient is the per-token mean over the step — not a mean of micro-batch means.
+    """
+    supervised = sum(e.supervised_tokens for e in examples)
+    size = math.ceil(len(examples) / grad_accum)
+    total = 0.0
+    for start in range(0, len(examples), size):
+        batch = collate(examples[start:start + size], pad_id, device=device)
+        loss = loss_sum(model, batch, precision, device)
+        (loss / supervised).backward()
+        total += float(loss.detach())
+    if clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / supervised
+
+
+def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
+    """Linear warmup, then constant or cosine decay to 10% of the peak learning rate."""
+    if kind not in ("constant", "cosine"):
+        raise HeedError(f"--schedule {kind}: choose constant or cosine")
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _sample(model: Any, tokenizer: Any, template: Template, record: Record, max_new_tokens: int = 35) -> str:
+    return generate_responses(model, tokenizer, template, [record], GenerateConfig(max_new_tokens=max_new_tokens))[0]
+
+
+def _validate(run: RunConfig) -> None:
+    t = run.train
+    problems = [msg for bad, msg in (
+        (t.batch_size < 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
+        (t.grad_accum < 1 or t.grad_accum > t.batch_size,
+         f"--grad-accum must be between 1 and --batch-size (got {t.grad_accum})"),
+        (t.epochs < 1, f"--epochs must be at least 1 (got {t.epochs})"),
+        (t.lr <= 0, f"--lr must be positive (got {t.lr})"),
+        (t.eval_every < 1, f"--eval-every must be at least 1 (got {t.eval_every})"),
+        (t.patience is not None and t.patience < 1, f"--patience must be at least 1 (got {t.patience})"),
+    ) if bad]
+    if problems:
+        raise HeedError(*problems)
+
+
+def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log,
+          interrupt_at: int | None = None) -> TrainResult:
+    """Finetune ``run.train.model`` on ``run.data`` and write everything to ``run.train.out``.
+
+    ``resume`` is a loaded checkpoint; ``interrupt_at`` simulates Ctrl-C after that step (tests).
+    """
+    _validate(run)
+    tcfg, dcfg = run.train, run.data
+    out = Path(tcfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    device = choose_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
+
+    # Data: records → examples. Everything is validated before the model loads.
+    records, split = load_split(dcfg)
+    template = get_template(dcfg.template)
+    tokenizer = load_tokenizer(tcfg.model)
+    if dcfg.max_length is None:
+        dcfg.max_length = context_length(model_config(tcfg.model))
+    encode = dict(template=template, tokenizer=tokenizer, max_length=dcfg.max_length, policy=dcfg.overlong,
+                  train_on_prompt=dcfg.train_on_prompt, source=dcfg.data)
+    train_examples, report = encode_records(split.train, **encode)
+    val_examples, _ = encode_records(split.val, **encode)
+    if not train_examples:
+        raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
+                        "check it with `heed data check`")
+    pad_id = tokenizer.pad_token_id
+    log(f"data: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test records; "
+        f"train {report.summary()}")
+
+    # Model and optimizer.
+    model = load_model(tcfg.model, seed=tcfg.seed)
+    if tcfg.lora:
+        model = add_adapters(model, tcfg.lora)
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  fused=device.type == "cuda")
+    drop_last = len(train_examples) >= tcfg.batch_size
+    steps_per_epoch = len(batch_order(len(train_examples), tcfg.batch_size, shuffle=False, seed=0, drop_last=drop_last))
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps:
+        total_steps = min(total_steps, tcfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
+    log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}; "
+        f"{total_steps} steps")
+
+    loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "best_val": None,
+                            "best_step": None, "bad_evals": 0, "stopped_early": False, "seconds": 0.0,
+                            "metrics": []}
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        loop, best_state = resume["loop"], resume["best_state"]
+        checkpoint.set_rng_state(resume["rng"])
+        log(f"resumed at step {loop['step']} (epoch {loop['epoch'] + 1})")
+
+    def save_checkpoint() -> Path:
+        return checkpoint.save(out, model=model, optimizer=optimizer, scheduler=scheduler, loop=loop,
+                               config=run.to_dict(), best_state=best_state)
+
+    def evaluate_now() -> dict[str, Any]:
+        nonlocal best_state
+        kw = dict(batch_size=tcfg.batch_size, pad_id=pad_id, num_batches=tcfg.eval_batches, precision=precision,
+                  device=device)
+        row = {"step": loop["step"], "epoch": min(loop["epoch"] + 1, tcfg.epochs), "tokens_seen": loop["tokens_seen"],
+               "train_loss": evaluate(model, train_examples, **kw), "val_loss": evaluate(model, val_examples, **kw),
+               "lr": scheduler.get_last_lr()[0], "seconds": round(loop["seconds"] + time.perf_counter() - started, 2)}
+        loop["metrics"].append(row)
+        val = row["val_loss"]
+        if val is not None and (loop["best_val"] is None or val < loop["best_val"] - tcfg.min_delta):
+            loop.update(best_val=val, best_step=loop["step"], bad_evals=0)
+            if tcfg.patience:
+                best_state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        elif val is not None:
+            loop["bad_evals"] += 1
+        log(f"ep {row['epoch']} step {row['step']:>5}: train loss {row['train_loss']:.3f}, "
+            + (f"val loss {val:.3f}" if val is not None else "no val") + f", tokens seen {row['tokens_seen']:,}")
+        return row
+
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=loop["step"], desc="train", unit="step", disable=None, file=sys.stderr)
+    try:
+        while loop["epoch"] < tcfg.epochs and loop["step"] < total_steps and not loop["stopped_early"]:
+            order = batch_order(len(train_examples), tcfg.batch_size, shuffle=tcfg.shuffle,
+                                seed=tcfg.seed + loop["epoch"], drop_last=drop_last)
+            while loop["batch_in_epoch"] < len(order) and loop["step"] < total_steps:
+                examples = [train_examples[i] for i in order[loop["batch_in_epoch"]]]
+                loss = train_step(model, optimizer, scheduler, examples, grad_accum=tcfg.grad_accum, pad_id=pad_id,
+                                  clip=tcfg.clip, precision=precision, device=device)
+                loop["step"] += 1
+                loop["batch_in_epoch"] += 1
+                loop["tokens_seen"] += sum(len(e.input_ids) - 1 for e in examples)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if loop["step"] == 1 or loop["step"] % tcfg.eval_every == 0:
+                    evaluate_now()
+                    if tcfg.patience and loop["bad_evals"] >= tcfg.patience:
+                        loop["stopped_early"] = True
+                        log(f"early stop at step {loop['step']}: no validation improvement in "
+                            f"{tcfg.patience} evaluations (best {loop['best_val']:.3f} at step {loop['best_step']})")
+                        break
+                if tcfg.checkpoint_every and loop["step"] % tcfg.checkpoint_every == 0:
+                    save_checkpoint()
+                if interrupt_at is not None and loop["step"] == interrupt_at:
+                    raise KeyboardInterrupt
+            else:
+                if loop["batch_in_epoch"] >= len(order):
+                    loop["epoch"] += 1
+                    loop["batch_in_epoch"] = 0
+                    if tcfg.sample_every_epoch:
+                        first = (split.val or split.train)[0]
+                        log(f"sample after epoch {loop['epoch']}: {_sample(model, tokenizer, template, first)!r}")
+    except KeyboardInterrupt:
+        bar.close()
+        loop["seconds"] += time.perf_counter() - started
+        path = save_checkpoint()
+        log(f"interrupted at step {loop['step']}; checkpoint saved to {path}; continue with: heed train --resume {out}")
+        raise
+    bar.close()
+    loop["seconds"] += time.perf_counter() - started
+    if not loop["metrics"] or loop["metrics"][-1]["step"] != loop["step"]:
+        evaluate_now()
+    last = loop["metrics"][-1]
+    if best_state is not None and loop["best_step"] != loop["step"]:
+        model.load_state_dict(best_state, strict=False)
+        log(f"restored the best weights: step {loop['best_step']}, val loss {loop['best_val']:.3f}")
+    if tcfg.checkpoint_every:
+        save_checkpoint()
+
+    result = TrainResult(out, loop["step"], loop["tokens_seen"], loop["best_step"], loop["best_val"],
+                         last["train_loss"], last["val_loss"], loop["stopped_early"], loop["seconds"], loop["metrics"])
+    model = merged(model).eval()
+    meta = _meta(run, result, precision, device, split, report)
+    _write_outputs(out, model, tokenizer, meta, result)
+    if tcfg.generate_test and split.test:
+        _write_test_responses(out, model, tokenizer, template, split.test, tcfg.max_new_tokens, log)
+    log(f"done: {result.steps} steps in {result.seconds:.1f}s; best val loss "
+        + (f"{result.best_val_loss:.3f} at step {result.best_step}" if result.best_val_loss is not None else "n/a")
+        + f"; model saved to {out}")
+    return result
+
+
+def _meta(run: RunConfig, result: TrainResult, precision: str, device: torch.device, split: Any,
+          report: Any) -> dict[str, Any]:
+    return {
+        "heed_version": __version__,
+        "template": run.data.template,
+        "max_length": run.data.max_length,
+        "train_on_prompt": run.data.train_on_prompt,
+        "masking": "none (prompt trained)" if run.data.train_on_prompt else "prompt masked (response + EOS)",
+        "base_model": run.train.model,
+        "precision": precision,
+        "device": str(device),
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.seconds, 2),
+        "split": split.sizes(),
+        "encode": report.to_dict(),
+        "config": run.to_dict(),
+    }
+
+
+def _write_outputs(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any], result: TrainResult) -> None:
+    import shutil
+    import tempfile
+
+    # The model directory is written aside, then moved in file by file: never half a model.
+    staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    try:
+        save_model(model, tokenizer, staging, meta)
+        for item in staging.iterdir():
+            item.replace(out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in result.metrics))
+    plot_losses(result.metrics, out / "loss.png", best_step=result.best_step)
+
+
+def _write_test_responses(out: Path, model: Any, tokenizer: Any, template: Template, test: Sequence[Record],
+                          max_new_tokens: int, log: Log) -> None:
+    started = time.perf_counter()
+    responses = generate_responses(model, tokenizer, template, test, GenerateConfig(max_new_tokens=max_new_tokens))
+    path = out / "test-with-response.json"
+    write_json(path, with_responses(test, responses))
+    log(f"test responses: {len(test)} in {time.perf_counter() - started:.1f}s -> {path}")

@@ -1,0 +1,182 @@
+import json
+import math
+
+import pytest
+import torch
+
+from heed import checkpoint
+from heed.config import DataConfig, LoraConfig, RunConfig, TrainConfig
+from heed.data.batch import collate
+from heed.data.encode import encode_records
+from heed.data.records import Record
+from heed.data.templates import TEMPLATES
+from heed.model import load_model, load_tokenizer
+from heed.train import evaluate, loss_sum, train
+from tests.conftest import RECORDS
+
+CPU = torch.device("cpu")
+
+
+def examples(tokenizer, records=RECORDS):
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(records)]
+    return encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)[0]
+
+
+def run_config(data, out, **train):
+    base = dict(model="random:gpt2-tiny", out=str(out), lr=1e-3, batch_size=2, epochs=2, eval_every=2,
+                eval_batches=2, precision="fp32", sample_every_epoch=False, generate_test=False)
+    return RunConfig(DataConfig(data=data, train_frac=0.6, test_frac=0.2), TrainConfig(**(base | train)))
+
+
+def quiet(_):
+    pass
+
+
+def test_first_loss_is_ln_vocab(tokenizer):
+    model = load_model("random:gpt2-tiny")
+    batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = float(loss_sum(model, batch, "fp32", CPU)) / batch.supervised_tokens
+    assert abs(loss - math.log(50257)) < 0.05
+
+
+def test_supervised_only_head_equals_full_logits(tokenizer):
+    model = load_model("random:gpt2-tiny")
+    batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        fast = loss_sum(model, batch, "fp32", CPU)
+        logits = model(input_ids=batch.inputs).logits
+        full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="sum")
+    assert torch.allclose(fast, full, rtol=1e-5)
+
+
+def test_a_few_steps_lower_the_loss_and_change_weights(data_file, tmp_path, tokenizer):
+    before = {k: v.clone() for k, v in load_model("random:gpt2-tiny").state_dict().items()}
+    result = train(run_config(data_file, tmp_path / "run", epochs=3, eval_every=1), log=quiet)
+    losses = [m["train_loss"] for m in result.metrics]
+    assert losses[-1] < losses[0] - 0.5
+    after = load_model(str(tmp_path / "run")).state_dict()
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert "transformer.h.0.attn.c_attn.weight" in changed and "transformer.wte.weight" in changed
+
+
+def test_outputs_and_saved_model_reload_with_identical_logits(data_file, tmp_path, tokenizer):
+    out = tmp_path / "run"
+    result = train(run_config(data_file, out, generate_test=True, max_new_tokens=8), log=quiet)
+    meta = json.loads((out / "heed.json").read_text())
+    assert meta["template"] == "alpaca" and meta["max_length"] == 1024 and meta["train_on_prompt"] is False
+    assert meta["steps"] == result.steps == 6 and meta["config"]["train"]["lr"] == 1e-3
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 4, 6]
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    responses = json.loads((out / "test-with-response.json").read_text())
+    assert [r["instruction"] for r in responses] == [r["instruction"] for r in RECORDS[6:8]]
+    assert all(isinstance(r["model_response"], str) for r in responses)
+    reloaded = load_model(str(out))
+    batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+    # The in-memory model at the end of training is what was saved: reload twice and compare.
+    with torch.no_grad():
+        a = reloaded(input_ids=batch.inputs).logits
+        b = load_model(str(out))(input_ids=batch.inputs).logits
+    assert torch.equal(a, b)
+    assert load_tokenizer(str(out))("Hello, world!<|endoftext|>")["input_ids"] == [15496, 11, 995, 0, 50256]
+
+
+def test_saved_logits_equal_trained_logits(data_file, tmp_path, tokenizer, monkeypatch):
+    captured = {}
+    import heed.train as train_module
+
+    real = train_module._write_outputs
+
+    def spy(out, model, tokenizer, meta, result):
+        batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+        with torch.no_grad():
+            captured["logits"] = model(input_ids=batch.inputs).logits
+        real(out, model, tokenizer, meta, result)
+
+    monkeypatch.setattr(train_module, "_write_outputs", spy)
+    train(run_config(data_file, tmp_path / "run", epochs=1), log=quiet)
+    batch = collate(examples(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.equal(load_model(str(tmp_path / "run"))(input_ids=batch.inputs).logits, captured["logits"])
+
+
+def test_early_stopping_restores_the_best_weights(write_json, tmp_path, tokenizer):
+    # Validation asks for answers that contradict training, so its loss rises as training fits.
+    train_recs = [{"instruction": f"Say the word {i}.", "input": "", "output": "apple"} for i in range(16)]
+    val_recs = [{"instruction": f"Say the word {i}.", "input": "", "output": "banana split"} for i in range(4)]
+    data, val = write_json(train_recs), write_json(val_recs, "val.json")
+    run = run_config(data, tmp_path / "run", lr=3e-3, epochs=8, eval_every=1, patience=3, batch_size=4)
+    run.data = DataConfig(data=data, val_file=val, test_frac=0.0, train_frac=1.0)
+    result = train(run, log=quiet)
+    assert result.stopped_early and result.best_step < result.steps
+    vals = [m["val_loss"] for m in result.metrics]
+    assert vals[-1] > min(vals)
+    # The saved model is the best one: its validation loss is the best recorded.
+    model = load_model(str(tmp_path / "run"))
+    val_ex = examples(tokenizer, val_recs)
+    got = evaluate(model, val_ex, batch_size=4, pad_id=50256, num_batches=3, precision="fp32", device=CPU)
+    assert got == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert json.loads((tmp_path / "run" / "heed.json").read_text())["best_step"] == result.best_step
+
+
+@pytest.mark.parametrize("extra", [{}, {"patience": 50, "grad_accum": 2}])
+def test_resume_equals_uninterrupted(data_file, tmp_path, extra):
+    full = train(run_config(data_file, tmp_path / "full", epochs=3, **extra), log=quiet)
+    run = run_config(data_file, tmp_path / "cut", epochs=3, **extra)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, log=quiet, interrupt_at=4)
+    state = checkpoint.load(tmp_path / "cut")
+    assert state["loop"]["step"] == 4
+    resumed = train(run_config(data_file, tmp_path / "cut", epochs=3, **extra), resume=state, log=quiet)
+    assert resumed.steps == full.steps
+    assert [m["val_loss"] for m in resumed.metrics] == [m["val_loss"] for m in full.metrics]
+    a, b = load_model(str(tmp_path / "full")).state_dict(), load_model(str(tmp_path / "cut")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grad_accum_normalises_by_total_supervised_tokens(tokenizer):
+    from heed.train import train_step
+
+    exs = examples(tokenizer)[:4]
+    grads = []
+    for accum in (1, 2, 4):
+        model = load_model("random:gpt2-tiny")
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        captured = {}
+        opt.step = lambda: captured.update(g=model.transformer.h[0].mlp.c_fc.weight.grad.clone())
+        train_step(model, opt, sched, exs, grad_accum=accum, pad_id=50256, clip=None, precision="fp32", device=CPU)
+        grads.append(captured["g"])
+    assert torch.allclose(grads[0], grads[1], atol=1e-7) and torch.allclose(grads[0], grads[2], atol=1e-7)
+
+
+def test_lora_trains_only_adapters_and_merges(data_file, tmp_path, tokenizer):
+    pytest.importorskip("peft")
+    from heed.lora import add_adapters, merged
+
+    base = load_model("random:gpt2-tiny")
+    model = add_adapters(base, LoraConfig(r=4, alpha=8, dropout=0.0))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    result = train(run_config(data_file, tmp_path / "lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0)), log=quiet)
+    assert result.steps == 6
+    saved = load_model(str(tmp_path / "lora"))
+    assert not any("lora" in k for k in saved.state_dict())
+    original = load_model("random:gpt2-tiny").state_dict()
+    k = "transformer.h.0.attn.c_attn.weight"
+    assert not torch.equal(saved.state_dict()[k], original[k]), "adapters were merged into the base weights"
+    assert torch.equal(saved.state_dict()["transformer.wte.weight"], original["transformer.wte.weight"])
+
+    # Merging does not change what the model computes.
+    model = add_adapters(load_model("random:gpt2-tiny"), LoraConfig(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    batch = collate(examples(tokenizer), 50256)
+    with torch.no_grad():
+        adapted = model(input_ids=batch.inputs).logits
+        folded = merged(model)(input_ids=batch.inputs).logits
+    assert torch.allclose(adapted, folded, atol=1e-4)
