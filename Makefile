@@ -10,7 +10,7 @@ SHARED_DATA ?= ../shared/data/instruction-data.json
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[test,lora]"
+	$(PIP) -e ".[test,lora,demo]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -50,6 +50,10 @@ def cached_gguf(path: str | Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise HeedError(f"--model {path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}") from None
+    # The tensors are plain floats now; drop the GGUF marker so the model saves like any other.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
