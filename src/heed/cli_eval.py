@@ -127,6 +127,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import datetime
+
+    from heed.bench import BenchConfig, run, table
+    from heed.io import write_text
+
+    import sys
+
+    sections = []
+    for model in args.model or ["random:gpt2"]:
+        cfg = BenchConfig(model=model, data=args.data, batch_size=args.batch_size, steps=args.steps,
+                          gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, device=args.device)
+        results = run(cfg, log=lambda m: print(m, file=sys.stderr))
+        sections.append(table(results))
+        print(sections[-1] + "\n")
+    if args.out:
+        import torch
+
+        stamp = datetime.date.today().isoformat()
+        head = (f"## {stamp}: `heed bench` on {results['device']}, torch {torch.__version__}\n\n"
+                f"Data: {args.data or 'built-in tasks'}; {args.steps} timed steps after 2 warmup steps; "
+                f"generation of {args.gen_tokens} new tokens for {args.gen_prompts} prompts.\n\n")
+        old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else "# Benchmarks\n\n"
+        write_text(args.out, old.rstrip() + "\n\n" + head + "\n\n".join(sections) + "\n")
+        print(f"appended to {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from heed.demo import DemoConfig, run_demo
 
@@ -175,6 +203,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser("report", help="a self-contained HTML (and Markdown) page for a training run")
     p.add_argument("run_dir", help="a directory written by heed train")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="training and generation throughput: heed's fast path vs the original loop")
+    p.add_argument("--model", action="append", help="model spec (repeatable; default random:gpt2)")
+    p.add_argument("--data", help="instruction records (default: built-in tasks)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6, help="timed training steps (6)")
+    p.add_argument("--gen-prompts", type=int, default=8)
+    p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="append the tables to this Markdown file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=cmd_bench)
 
     d = DemoConfig()
     p = sub.add_parser("demo", help="finetune a real base model on built-in tasks and show before/after",

@@ -1,0 +1,249 @@
+"""``heed bench``: heed's fast path against the original design's loop, same model, data and run.
+
+Reference loop (what the original design does): fp32, batches padded to their longest example,
+logits for every position and the full vocabulary, plain AdamW; generation one sequence at a time,
+recomputing the whole sequence for every new token (no KV cache).
+Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
+logits only at supervised positions (chunked), fused AdamW on CUDA; batched generation with a KV cache.
+
+Each measurement runs in its own process so peak memory is its own. Model FLOPs per trained token:
+6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is
+against 989 TFLOP/s bf16 on H100/H200, and on a CPU against a measured large bf16 matmul.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from heed.config import GenerateConfig
+from heed.data.batch import collate
+from heed.data.encode import encode_records, prompt_ids
+from heed.data.records import load_records
+from heed.data.tasks import make_tasks
+from heed.data.templates import get_template
+from heed.device import autocast, choose_device, resolve_precision
+from heed.generate import generate_ids
+from heed.model import load_model, load_tokenizer
+from heed.train import loss_sum
+
+H100_BF16_PEAK = 989e12
+
+
+@dataclass
+class BenchConfig:
+    model: str = "random:gpt2"
+    data: str | None = None  # instruction records; None = built-in tasks
+    batch_size: int = 8
+    steps: int = 6  # timed training steps (after 2 warmup steps)
+    gen_prompts: int = 8
+    gen_tokens: int = 32
+    device: str = "auto"
+
+
+def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
+    from heed.data.records import Record
+
+    if cfg.data and Path(cfg.data).is_file():
+        records = load_records(cfg.data)
+    else:
+        records = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(make_tasks(400, 1))]
+    examples, _ = encode_records(records, get_template("alpaca"), tokenizer, max_length=1024)
+    return examples
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/status") as f:  # high-water mark of resident memory
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
+    logits = model(input_ids=batch.inputs).logits  # (B, T, V): every position, whole vocabulary
+    return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+
+
+def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
+    device = choose_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    examples = _examples(cfg, tokenizer)
+    model = load_model(cfg.model).to(device).train()
+    fast = mode == "fast"
+    precision = resolve_precision("auto", device) if fast else "fp32"
+    if device.type == "cuda" and fast:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, fused=fast and device.type == "cuda")
+    pad = tokenizer.pad_token_id
+    batches = [collate(examples[i:i + cfg.batch_size], pad) for i in range(0, len(examples), cfg.batch_size)]
+    tokens = supervised = 0
+    lengths = []
+    for step in range(cfg.steps + 2):
+        batch = batches[step % len(batches)].to(device)
+        if step == 2:
+            _sync(device)
+            started = time.perf_counter()
+        if fast:
+            loss = loss_sum(model, batch, precision, device) / batch.supervised_tokens
+        else:
+            loss = _reference_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            tokens += batch.tokens
+            supervised += batch.supervised_tokens
+            lengths += batch.lengths.tolist()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    mean_len = sum(lengths) / len(lengths)
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    width = getattr(config, "hidden_size", None) or config.n_embd
+    flops_per_token = 6 * n_params + 12 * layers * width * mean_len
+    return {"mode": mode, "precision": precision, "tokens_per_s": tokens / seconds,
+            "supervised_per_s": supervised / seconds, "flops_per_token": flops_per_token,
+            "achieved_flops": flops_per_token * tokens / seconds, "peak_bytes": _peak_bytes(device),
+            "params": n_params, "mean_len": mean_len}
+
+
+@torch.no_grad()
+def _reference_generate(model: Any, prompt: list[int], new_tokens: int, device: torch.device) -> int:
+    ids = torch.tensor([prompt], device=device)
+    for _ in range(new_tokens):
+        logits = model(input_ids=ids).logits[:, -1]  # the whole sequence again, every step
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return new_tokens
+
+
+def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
+    device = choose_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    template = get_template("alpaca")
+    records = make_tasks(cfg.gen_prompts, 7)
+    prompts = prompt_ids([template.prompt(r["instruction"], r["input"]) for r in records], tokenizer, template)
+    model = load_model(cfg.model).to(device).eval()
+    gen = GenerateConfig(max_new_tokens=cfg.gen_tokens)
+    precision = resolve_precision("auto", device)
+    out: dict[str, Any] = {"mode": mode}
+    for label, batch in (("batch1", 1), ("batched", cfg.gen_prompts)):
+        if mode == "reference" and label == "batched":
+            continue
+        _sync(device)
+        started = time.perf_counter()
+        produced = 0
+        if mode == "reference":
+            for p in prompts:
+                produced += _reference_generate(model, p, cfg.gen_tokens, device)
+        else:
+            for i in range(0, len(prompts), batch):
+                with autocast(precision, device):
+                    rows = generate_ids(model, prompts[i:i + batch], pad_id=tokenizer.pad_token_id, eos=-1, cfg=gen)
+                produced += sum(len(r) for r in rows)
+        _sync(device)
+        out[f"{label}_tokens_per_s"] = produced / (time.perf_counter() - started)
+    out["precision"] = "fp32" if mode == "reference" else precision
+    return out
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Achieved FLOP/s of a large bf16 matmul: the CPU's practical peak (H100/H200: the spec sheet)."""
+    if device.type == "cuda":
+        return H100_BF16_PEAK
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048**3 / (time.perf_counter() - started)
+
+
+def _child(kind: str, mode: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Run one measurement in a fresh process, so its peak memory is its own."""
+    args = [sys.executable, "-m", "heed.bench", kind, mode, json.dumps(cfg.__dict__)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench {kind} {mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
+    device = choose_device(cfg.device)
+    results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
+    for kind in ("train", "generate"):
+        for mode in ("reference", "fast"):
+            log(f"measuring {kind} ({mode}) on {cfg.model} ...")
+            results[f"{kind}_{mode}"] = _child(kind, mode, cfg)
+    results["peak_flops"] = matmul_peak(device)
+    return results
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def table(results: dict[str, Any]) -> str:
+    tr, tf = results["train_reference"], results["train_fast"]
+    gr, gf = results["generate_reference"], results["generate_fast"]
+    peak = results["peak_flops"]
+    peak_name = "989 TFLOP/s bf16" if peak == H100_BF16_PEAK else f"measured bf16 matmul {peak / 1e12:.2f} TFLOP/s"
+
+    def row(name: str, ref: float | None, fast: float, fmt: str) -> str:
+        ratio = f"{fast / ref:.1f}×" if ref else "—"
+        return f"| {name} | {format(ref, fmt) if ref else '—'} | {format(fast, fmt)} | {ratio} |"
+
+    lines = [f"**{results['config']['model']}** on {results['device']} "
+             f"({tf['params'] / 1e6:.0f}M parameters, mean length {tf['mean_len']:.0f} tokens, "
+             f"batch {results['config']['batch_size']}; fast path {tf['precision']})", "",
+             "| measure | reference loop | heed fast path | ratio |", "| --- | ---: | ---: | ---: |",
+             row("train: non-padding tokens/s", tr["tokens_per_s"], tf["tokens_per_s"], ",.0f"),
+             row("train: supervised tokens/s", tr["supervised_per_s"], tf["supervised_per_s"], ",.0f"),
+             row(f"train: MFU (vs {peak_name})", tr["achieved_flops"] / peak * 100, tf["achieved_flops"] / peak * 100, ".1f"),
+             row("train: peak memory (GiB)", tr["peak_bytes"] / 2**30, tf["peak_bytes"] / 2**30, ".2f"),
+             row("generate: tokens/s, batch 1", gr["batch1_tokens_per_s"], gf["batch1_tokens_per_s"], ",.1f"),
+             row(f"generate: tokens/s, batch {results['config']['gen_prompts']} (reference: one at a time)",
+                 gr["batch1_tokens_per_s"], gf["batched_tokens_per_s"], ",.1f")]
+    return "\n".join(lines)
+
+
+def main_child(argv: list[str]) -> None:
+    kind, mode, raw = argv
+    cfg = BenchConfig(**json.loads(raw))
+    torch.manual_seed(0)
+    result = measure_train(cfg, mode) if kind == "train" else measure_generate(cfg, mode)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main_child(sys.argv[1:])
