@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from heed.config import GenerateConfig
-from heed.data.batch import collate
+from heed.data.batch import collate, collate_packed
 from heed.data.encode import encode_records, prompt_ids
 from heed.data.records import load_records
 from heed.data.tasks import make_tasks
@@ -87,7 +87,7 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     examples = _examples(cfg, tokenizer)
     model = load_model(cfg.model).to(device).train()
-    fast = mode == "fast"
+    fast = mode in ("fast", "packed")
     precision = resolve_precision("auto", device) if fast else "fp32"
     if device.type == "cuda" and fast:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -97,7 +97,11 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     tokens = supervised = 0
     lengths = []
     for step in range(cfg.steps + 2):
-        batch = batches[step % len(batches)].to(device)
+        batch = batches[step % len(batches)]
+        if mode == "packed":
+            group = examples[(step % len(batches)) * cfg.batch_size:][:cfg.batch_size]
+            batch = collate_packed([group], pad)
+        batch = batch.to(device)
         if step == 2:
             _sync(device)
             started = time.perf_counter()
@@ -191,8 +195,8 @@ def _child(kind: str, mode: str, cfg: BenchConfig) -> dict[str, Any]:
 def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
-    for kind in ("train", "generate"):
-        for mode in ("reference", "fast"):
+    for kind, modes in (("train", ("reference", "fast", "packed")), ("generate", ("reference", "fast"))):
+        for mode in modes:
             log(f"measuring {kind} ({mode}) on {cfg.model} ...")
             results[f"{kind}_{mode}"] = _child(kind, mode, cfg)
     results["peak_flops"] = matmul_peak(device)
@@ -229,6 +233,8 @@ def table(results: dict[str, Any]) -> str:
              "| measure | reference loop | heed fast path | ratio |", "| --- | ---: | ---: | ---: |",
              row("train: non-padding tokens/s", tr["tokens_per_s"], tf["tokens_per_s"], ",.0f"),
              row("train: supervised tokens/s", tr["supervised_per_s"], tf["supervised_per_s"], ",.0f"),
+             row("train, fast path + packing: non-padding tokens/s", tr["tokens_per_s"],
+                 results["train_packed"]["tokens_per_s"], ",.0f"),
              row(f"train: MFU (vs {peak_name})", tr["achieved_flops"] / peak * 100, tf["achieved_flops"] / peak * 100, ".1f"),
              row("train: peak memory (GiB)", tr["peak_bytes"] / 2**30, tf["peak_bytes"] / 2**30, ".2f"),
              row("generate: tokens/s, batch 1", gr["batch1_tokens_per_s"], gf["batch1_tokens_per_s"], ",.1f"),

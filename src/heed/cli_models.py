@@ -21,6 +21,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay ({d.weight_decay})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (1)")
+    g.add_argument("--pack", action="store_true",
+                   help="pack each micro-batch into one padding-free row (attention never crosses examples)")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training split ({d.epochs})")
     g.add_argument("--max-steps", type=int, help="stop after this many steps")
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping, 0 = off (1.0)")
@@ -71,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         lora = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, targets)
     run = RunConfig(data_config(args), TrainConfig(
         model=args.model, out=args.out, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps, eval_every=args.eval_every,
+        grad_accum=args.grad_accum, pack=args.pack, epochs=args.epochs, max_steps=args.max_steps,
+        eval_every=args.eval_every,
         eval_batches=args.eval_batches, patience=args.patience, min_delta=args.min_delta, clip=args.clip or None,
         warmup_steps=args.warmup_steps, schedule=args.schedule, precision=args.precision, seed=args.seed,
         shuffle=not args.no_shuffle, checkpoint_every=args.checkpoint_every, sample_every_epoch=not args.no_sample,

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from heed import __version__, checkpoint
 from heed.config import GenerateConfig, RunConfig
 from heed.data import load_split
-from heed.data.batch import Batch, batch_order, collate, iter_batches
+from heed.data.batch import Batch, batch_order, collate, collate_packed, iter_batches
 from heed.data.encode import IGNORE_INDEX, Example, encode_records
 from heed.data.records import Record
 from heed.data.templates import Template, get_template
@@ -80,11 +80,15 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
     supervised = batch.targets != IGNORE_INDEX  # (B, T)
     targets = batch.targets[supervised]  # (N,)
     with autocast(precision, device):
+        # No KV cache in training; without one, packed position ids also give a block-diagonal mask.
+        extra = {"use_cache": False}
+        if batch.position_ids is not None:
+            extra["position_ids"] = batch.position_ids
         if parts is None:
-            logits = model(input_ids=batch.inputs).logits[supervised]  # (N, V)
+            logits = model(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         body, head, softcap = parts
-        hidden = body(input_ids=batch.inputs).last_hidden_state[supervised]  # (N, C)
+        hidden = body(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
         if hidden.shape[0] <= HEAD_CHUNK:
             return _head_loss(head, softcap, hidden, targets)
         # Large vocabularies: the (N, V) logits of every chunk would stay alive for backward. Each
@@ -125,7 +129,7 @@ def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id
 
 
 def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Example], *, grad_accum: int,
-               pad_id: int, clip: float | None, precision: str, device: torch.device) -> float:
+               pad_id: int, clip: float | None, precision: str, device: torch.device, pack: bool = False) -> float:
     """One optimizer step over ``examples`` split into ``grad_accum`` micro-batches.
 
     Each micro-batch's summed loss is divided by the supervised tokens of the whole step, so the
@@ -135,7 +139,11 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
     size = math.ceil(len(examples) / grad_accum)
     total = 0.0
     for start in range(0, len(examples), size):
-        batch = collate(examples[start:start + size], pad_id, device=device)
+        micro = examples[start:start + size]
+        if pack:  # one padding-free row per micro-batch
+            batch = collate_packed([list(micro)], pad_id).to(device)
+        else:
+            batch = collate(micro, pad_id, device=device)
         loss = loss_sum(model, batch, precision, device)
         (loss / supervised).backward()
         total += float(loss.detach())
@@ -287,7 +295,7 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
             while loop["batch_in_epoch"] < len(order) and loop["step"] < total_steps:
                 examples = [train_examples[i] for i in order[loop["batch_in_epoch"]]]
                 loss = train_step(model, optimizer, scheduler, examples, grad_accum=tcfg.grad_accum, pad_id=pad_id,
-                                  clip=tcfg.clip, precision=precision, device=device)
+                                  clip=tcfg.clip, precision=precision, device=device, pack=tcfg.pack)
                 loop["step"] += 1
                 loop["batch_in_epoch"] += 1
                 loop["tokens_seen"] += sum(len(e.input_ids) - 1 for e in examples)

@@ -29,6 +29,7 @@ class Batch:
     inputs: torch.Tensor  # (B, T) token ids, right-padded
     targets: torch.Tensor  # (B, T) next-token ids, -100 where not trained on
     lengths: torch.Tensor  # (B,) real (non-padding) input positions per row
+    position_ids: torch.Tensor | None = None  # (B, T) for packed rows: restarts at 0 for each example
 
     @property
     def tokens(self) -> int:
@@ -40,7 +41,8 @@ class Batch:
         return int((self.targets != IGNORE_INDEX).sum())
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.inputs.to(device), self.targets.to(device), self.lengths.to(device))
+        positions = self.position_ids.to(device) if self.position_ids is not None else None
+        return Batch(self.inputs.to(device), self.targets.to(device), self.lengths.to(device), positions)
 
 
 def collate(
@@ -91,3 +93,49 @@ def iter_batches(
 ) -> Iterator[Batch]:
     for indices in batch_order(len(examples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last):
         yield collate([examples[i] for i in indices], pad_id, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def pack_rows(examples: Sequence[Example], capacity: int) -> list[list[Example]]:
+    """Group examples into rows of at most ``capacity`` input positions (first fit, longest first)."""
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for example in sorted(examples, key=lambda e: -len(e.input_ids)):
+        need = len(example.input_ids) - 1
+        for i, free in enumerate(room):
+            if need <= free:
+                rows[i].append(example)
+                room[i] -= need
+                break
+        else:
+            rows.append([example])
+            room.append(capacity - need)
+    return rows
+
+
+def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
+    """Padding-free batch: each row holds several examples back to back, shifted like ``collate``.
+
+    ``position_ids`` restart at 0 for every example; the model builds from them an attention mask in
+    which no token attends across an example boundary (Hugging Face's packed-sequence detection).
+
+    >>> from heed.data.encode import build_example
+    >>> b = collate_packed([[build_example(0, [1, 2], [3, 9]), build_example(1, [4], [5, 9])]], pad_id=9)
+    >>> b.inputs.tolist(), b.targets.tolist(), b.position_ids.tolist()
+    ([[1, 2, 3, 4, 5]], [[-100, 3, 9, 5, 9]], [[0, 1, 2, 0, 1]])
+    """
+    width = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)
+    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    lengths = torch.empty(len(rows), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example.input_ids) - 1
+            inputs[r, at:at + n] = torch.tensor(example.input_ids[:-1])
+            targets[r, at:at + n] = torch.tensor(example.labels[1:])
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # trailing padding: a sequence of its own
+        lengths[r] = at
+    return Batch(inputs, targets, lengths, positions)

@@ -1,0 +1,57 @@
+import torch
+
+from heed.data.batch import collate, collate_packed, pack_rows
+from heed.data.encode import IGNORE_INDEX, build_example, encode_records
+from heed.data.records import Record
+from heed.data.templates import TEMPLATES
+from heed.model import load_model
+from tests.conftest import RECORDS
+
+
+def per_position_loss(model, batch):
+    with torch.no_grad():
+        extra = {"use_cache": False}
+        if batch.position_ids is not None:
+            extra["position_ids"] = batch.position_ids
+        logits = model(input_ids=batch.inputs, **extra).logits
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none",
+                                             ignore_index=IGNORE_INDEX)  # (B, T)
+
+
+def test_pack_rows_fits_capacity_and_keeps_every_example():
+    exs = [build_example(i, [1] * (i + 2), [2, 3]) for i in range(10)]
+    rows = pack_rows(exs, capacity=16)
+    assert sorted(e.index for row in rows for e in row) == list(range(10))
+    assert all(sum(len(e.input_ids) - 1 for e in row) <= 16 for row in rows)
+    assert len(rows) < 10
+
+
+def test_packed_per_example_losses_equal_unpacked(tokenizer):
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
+    examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
+    model = load_model("random:gpt2-tiny", seed=3)
+    rows = pack_rows(examples, capacity=200)
+    assert any(len(row) > 1 for row in rows), "several examples share a row"
+    packed = collate_packed(rows, tokenizer.pad_token_id)
+    assert packed.tokens == sum(len(e.input_ids) - 1 for e in examples)
+    losses = per_position_loss(model, packed)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example.input_ids) - 1
+            alone = per_position_loss(model, collate([example], tokenizer.pad_token_id))[0]
+            assert torch.allclose(losses[r, at:at + n], alone, atol=1e-5), f"example {example.index}"
+            at += n
+
+
+def test_packed_training_loss_equals_padded(tokenizer):
+    from heed.train import loss_sum
+
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
+    examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
+    model = load_model("random:gpt2-tiny", seed=3)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        padded = loss_sum(model, collate(examples, 50256), "fp32", cpu)
+        packed = loss_sum(model, collate_packed(pack_rows(examples, 256), 50256), "fp32", cpu)
+    assert torch.allclose(padded, packed, rtol=1e-5)
