@@ -4,7 +4,8 @@ Reference loop (what the original design does): fp32, batches padded to their lo
 logits for every position and the full vocabulary, plain AdamW; generation one sequence at a time,
 recomputing the whole sequence for every new token (no KV cache).
 Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
-logits only at supervised positions (chunked), fused AdamW on CUDA; batched generation with a KV cache.
+logits only at supervised positions (chunked), fused AdamW; batched generation with a KV cache under
+bf16 autocast (``heed generate --precision bf16``).
 
 Each measurement runs in its own process so peak memory is its own. Model FLOPs per trained token:
 6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is
@@ -35,7 +36,7 @@ from heed.data.templates import get_template
 from heed.device import autocast, choose_device, resolve_precision
 from heed.generate import generate_ids
 from heed.model import load_model, load_tokenizer
-from heed.train import loss_sum
+from heed.train import loss_sum, make_optimizer
 
 H100_BF16_PEAK = 989e12
 
@@ -91,7 +92,8 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     precision = resolve_precision("auto", device) if fast else "fp32"
     if device.type == "cuda" and fast:
         torch.backends.cuda.matmul.allow_tf32 = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, fused=fast and device.type == "cuda")
+    params = list(model.parameters())
+    optimizer = make_optimizer(params, 1e-5, 0.1, device) if fast else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     pad = tokenizer.pad_token_id
     batches = [collate(examples[i:i + cfg.batch_size], pad) for i in range(0, len(examples), cfg.batch_size)]
     tokens = supervised = 0

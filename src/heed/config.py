@@ -67,6 +67,7 @@ class GenerateConfig:
     top_p: float | None = None  # nucleus sampling threshold
     batch_size: int = 8  # prompts per generation batch
     seed: int = 123  # seed for sampling
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
 
 
 @dataclass

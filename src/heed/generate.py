@@ -15,6 +15,7 @@ from heed.config import GenerateConfig
 from heed.data.encode import eos_id, prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
+from heed.device import autocast, resolve_precision
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -91,13 +92,15 @@ def generate_responses(
     prompts = prompt_ids([template.prompt(r.instruction, r.input, tokenizer) for r in records], tokenizer, template)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
     responses: list[str] = [""] * len(records)
     for start in range(0, len(order), cfg.batch_size):
         chunk = order[start:start + cfg.batch_size]
-        new = generate_ids(model, [prompts[i] for i in chunk], pad_id=pad, eos=eos_id(tokenizer), cfg=cfg,
-                           generator=generator)
+        with autocast(precision, device):
+            new = generate_ids(model, [prompts[i] for i in chunk], pad_id=pad, eos=eos_id(tokenizer), cfg=cfg,
+                               generator=generator)
         for i, ids in zip(chunk, new):
             responses[i] = extract_response(tokenizer.decode(ids, skip_special_tokens=True), template)
         if progress:
