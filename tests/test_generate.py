@@ -120,3 +120,17 @@ def test_offline_hub_id_fails_fast_with_a_hint(capsys, data_file, monkeypatch):
     assert main(["inspect", "--model", "openai-community/gpt2-medium", "--data", data_file]) == 2
     err = capsys.readouterr().err
     assert "hf download openai-community/gpt2-medium --local-dir DIR" in err and "Traceback" not in err
+
+
+def test_chat_answers_each_line_until_an_empty_one(tmp_path, capsys, monkeypatch):
+    lines = iter(["Add 2 and 3.", "Hi", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", "random:gpt2-tiny", "--max-new-tokens", "3"]) == 0
+    answers = capsys.readouterr().out.splitlines()
+    model = load_model("random:gpt2-tiny")
+    from heed.model import gpt2_tokenizer
+
+    recs = [Record(0, "Add 2 and 3.", "", None, {}), Record(1, "Hi", "", None, {})]
+    expected = [generate_responses(model, gpt2_tokenizer(), TEMPLATES["alpaca"], [r], GenerateConfig(max_new_tokens=3))[0]
+                for r in recs]
+    assert answers == expected

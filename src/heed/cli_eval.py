@@ -1,4 +1,4 @@
-"""Subcommands for tasks, scores and the demo: ``heed tasks make``, ``heed score``, ``heed demo``."""
+"""Subcommands that evaluate and show: tasks make, score, judge, compare, report, bench, demo."""
 
 from __future__ import annotations
 
