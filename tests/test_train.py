@@ -135,6 +135,7 @@ def test_resume_equals_uninterrupted(data_file, tmp_path, extra):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()` has been overridden")
 def test_grad_accum_normalises_by_total_supervised_tokens(tokenizer):
     from heed.train import train_step
 
