@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from heed.cli import main
-from heed.data.records import load_records, split_records
+from heed.data.records import split_records
 from heed.data.tasks import FAMILIES, make_tasks, normalize, verify
 from heed.evaluate.metrics import rouge_l, score
 

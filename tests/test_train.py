@@ -86,7 +86,7 @@ def test_saved_logits_equal_trained_logits(data_file, tmp_path, tokenizer, monke
     captured = {}
     import heed.train as train_module
 
-    real = train_module._write_outputs
+    real = train_module.write_outputs
 
     def spy(out, model, tokenizer, meta, result):
         batch = collate(examples(tokenizer), tokenizer.pad_token_id)
@@ -94,7 +94,7 @@ def test_saved_logits_equal_trained_logits(data_file, tmp_path, tokenizer, monke
             captured["logits"] = model(input_ids=batch.inputs).logits
         real(out, model, tokenizer, meta, result)
 
-    monkeypatch.setattr(train_module, "_write_outputs", spy)
+    monkeypatch.setattr(train_module, "write_outputs", spy)
     train(run_config(data_file, tmp_path / "run", epochs=1), log=quiet)
     batch = collate(examples(tokenizer), tokenizer.pad_token_id)
     with torch.no_grad():

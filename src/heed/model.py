@@ -151,6 +151,16 @@ def resolve(spec: str) -> str:
     return hub_id
 
 
+def _load(spec: str, target: str, what: str, loader: Any) -> Any:
+    """Call a Hugging Face loader; turn its failures into one line that says what to do."""
+    try:
+        return loader(target)
+    except (OSError, ValueError) as e:
+        if Path(target).is_dir():
+            raise HeedError(f"--model {spec}: cannot {what}: {str(e).splitlines()[0]}") from None
+        raise HeedError(_offline_hint(spec)) from None
+
+
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer of a model spec; sets a padding token (the EOS) when the tokenizer has none."""
     if spec.startswith("random:"):
@@ -159,12 +169,7 @@ def load_tokenizer(spec: str) -> Any:
     target = resolve(spec)
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(target)
-    except (OSError, ValueError) as e:
-        if Path(target).is_dir():
-            raise HeedError(f"--model {spec}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
-        raise HeedError(_offline_hint(spec)) from None
+    tokenizer = _load(spec, target, "load its tokenizer", AutoTokenizer.from_pretrained)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -176,12 +181,7 @@ def model_config(spec: str) -> Any:
     from transformers import AutoConfig
 
     target = resolve(spec)
-    try:
-        return AutoConfig.from_pretrained(target)
-    except (OSError, ValueError) as e:
-        if Path(target).is_dir():
-            raise HeedError(f"--model {spec}: cannot read its config.json: {str(e).splitlines()[0]}") from None
-        raise HeedError(_offline_hint(spec)) from None
+    return _load(spec, target, "read its config.json", AutoConfig.from_pretrained)
 
 
 def context_length(config: Any) -> int:
@@ -222,12 +222,7 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None) -> Any:
         model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
         return model.eval()
     target = resolve(spec)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
-    except (OSError, ValueError) as e:
-        if Path(target).is_dir():
-            raise HeedError(f"--model {spec}: cannot load the model: {str(e).splitlines()[0]}") from None
-        raise HeedError(_offline_hint(spec)) from None
+    model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
     return model.eval()
 
 

@@ -6,7 +6,6 @@ cross-entropy between ``logits[:, t]`` and ``targets[:, t]`` because collate alr
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
-from heed import __version__, checkpoint
+from heed import checkpoint
 from heed.config import GenerateConfig, RunConfig
 from heed.data import load_split
 from heed.data.batch import Batch, batch_order, collate, collate_packed, iter_batches
@@ -28,11 +27,11 @@ from heed.data.records import Record
 from heed.data.templates import Template, get_template
 from heed.device import autocast, choose_device, resolve_precision
 from heed.errors import HeedError
-from heed.generate import generate_responses, with_responses
-from heed.io import write_json, write_text
+from heed.generate import generate_responses
+from heed.io import write_json
 from heed.lora import add_adapters, is_adapted, merged
-from heed.model import context_length, load_model, load_tokenizer, model_config, save_model
-from heed.plot import plot_losses
+from heed.model import context_length, load_model, load_tokenizer, model_config
+from heed.outputs import run_meta, write_outputs, write_test_responses
 
 Log = Callable[[str], None]
 
@@ -347,67 +346,11 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
     result = TrainResult(out, loop["step"], loop["tokens_seen"], loop["best_step"], loop["best_val"],
                          last["train_loss"], last["val_loss"], loop["stopped_early"], loop["seconds"], loop["metrics"])
     model = merged(model.float()).eval()  # merge adapters into fp32 weights
-    meta = _meta(run, result, precision, device, split, report)
-    _write_outputs(out, model, tokenizer, meta, result)
+    meta = run_meta(run, result, precision, device, split, report)
+    write_outputs(out, model, tokenizer, meta, result)
     if tcfg.generate_test and split.test:
-        _write_test_responses(out, model, tokenizer, template, split.test, tcfg.max_new_tokens, log)
+        write_test_responses(out, model, tokenizer, template, split.test, tcfg.max_new_tokens, log)
     log(f"done: {result.steps} steps in {result.seconds:.1f}s; best val loss "
         + (f"{result.best_val_loss:.3f} at step {result.best_step}" if result.best_val_loss is not None else "n/a")
         + f"; model saved to {out}")
     return result
-
-
-def _meta(run: RunConfig, result: TrainResult, precision: str, device: torch.device, split: Any,
-          report: Any) -> dict[str, Any]:
-    return {
-        "heed_version": __version__,
-        "template": run.data.template,
-        "max_length": run.data.max_length,
-        "train_on_prompt": run.data.train_on_prompt,
-        "masking": "none (prompt trained)" if run.data.train_on_prompt else "prompt masked (response + EOS)",
-        "base_model": run.train.model,
-        "precision": precision,
-        "device": str(device),
-        "steps": result.steps,
-        "tokens_seen": result.tokens_seen,
-        "best_step": result.best_step,
-        "best_val_loss": result.best_val_loss,
-        "final_train_loss": result.final_train_loss,
-        "final_val_loss": result.final_val_loss,
-        "stopped_early": result.stopped_early,
-        "train_seconds": round(result.seconds, 2),
-        "split": split.sizes(),
-        "encode": report.to_dict(),
-        "config": run.to_dict(),
-    }
-
-
-def _write_outputs(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any], result: TrainResult) -> None:
-    import shutil
-    import tempfile
-
-    # The model directory is written aside, then moved in file by file: never half a model.
-    staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
-    try:
-        save_model(model, tokenizer, staging, meta)
-        for item in staging.iterdir():
-            item.replace(out / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in result.metrics))
-    plot_losses(result.metrics, out / "loss.png", best_step=result.best_step)
-
-
-def _write_test_responses(out: Path, model: Any, tokenizer: Any, template: Template, test: Sequence[Record],
-                          max_new_tokens: int, log: Log) -> None:
-    started = time.perf_counter()
-    responses = generate_responses(model, tokenizer, template, test, GenerateConfig(max_new_tokens=max_new_tokens))
-    from heed.evaluate.metrics import render, score
-
-    path = out / "test-with-response.json"
-    records = with_responses(test, responses)
-    write_json(path, records)
-    log(f"test responses: {len(test)} in {time.perf_counter() - started:.1f}s -> {path}")
-    scores = score(records)
-    write_json(out / "test-scores.json", scores.to_dict())
-    log(render(scores, "test split:"))
