@@ -55,3 +55,25 @@ def test_packed_training_loss_equals_padded(tokenizer):
         padded = loss_sum(model, collate(examples, 50256), "fp32", cpu)
         packed = loss_sum(model, collate_packed(pack_rows(examples, 256), 50256), "fp32", cpu)
     assert torch.allclose(padded, packed, rtol=1e-5)
+
+
+def test_packed_train_step_respects_capacity_and_matches_padded_gradients(tokenizer, monkeypatch):
+    import heed.train as train_module
+    from heed.train import train_step
+
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
+    examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
+    seen = []
+    real = train_module.loss_sum
+    monkeypatch.setattr(train_module, "loss_sum", lambda m, b, p, d: (seen.append(b), real(m, b, p, d))[1])
+    grads = []
+    for capacity in (None, 120):
+        model = load_model("random:gpt2-tiny", seed=3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        opt.step = lambda model=model: grads.append(model.transformer.h[0].mlp.c_fc.weight.grad.clone())
+        train_step(model, opt, sched, examples, grad_accum=1, pad_id=50256, clip=None, precision="fp32",
+                   device=torch.device("cpu"), pack_capacity=capacity)
+    packed = seen[-1]
+    assert packed.position_ids is not None and packed.inputs.shape[0] > 1 and packed.inputs.shape[1] <= 120
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

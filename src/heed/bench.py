@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from heed.config import GenerateConfig
-from heed.data.batch import collate, collate_packed
+from heed.data.batch import collate, collate_packed, pack_rows
 from heed.data.encode import encode_records, prompt_ids
 from heed.data.records import load_records
 from heed.data.tasks import make_tasks
@@ -93,7 +93,7 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     if device.type == "cuda" and fast:
         torch.backends.cuda.matmul.allow_tf32 = True
     params = list(model.parameters())
-    optimizer = make_optimizer(params, 1e-5, 0.1, device) if fast else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    optimizer = make_optimizer(params, 1e-5, 0.1) if fast else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     pad = tokenizer.pad_token_id
     batches = [collate(examples[i:i + cfg.batch_size], pad) for i in range(0, len(examples), cfg.batch_size)]
     tokens = supervised = 0
@@ -102,7 +102,7 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
         batch = batches[step % len(batches)]
         if mode == "packed":
             group = examples[(step % len(batches)) * cfg.batch_size:][:cfg.batch_size]
-            batch = collate_packed([group], pad)
+            batch = collate_packed(pack_rows(group, 1024), pad)
         batch = batch.to(device)
         if step == 2:
             _sync(device)

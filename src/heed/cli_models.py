@@ -22,7 +22,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (1)")
     g.add_argument("--pack", action="store_true",
-                   help="pack each micro-batch into one padding-free row (attention never crosses examples)")
+                   help="pack each micro-batch into padding-free rows of at most --max-length tokens "
+                   "(attention never crosses examples)")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training split ({d.epochs})")
     g.add_argument("--max-steps", type=int, help="stop after this many steps")
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping, 0 = off (1.0)")

@@ -38,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW weight decay
     batch_size: int = 8  # examples per optimizer step (split into micro-batches by grad_accum)
     grad_accum: int = 1  # micro-batches per optimizer step
-    pack: bool = False  # pack each micro-batch's examples into padding-free rows
+    pack: bool = False  # pack each micro-batch into padding-free rows of at most max_length tokens
     epochs: int = 2  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps
     eval_every: int = 5  # evaluate every N optimizer steps
