@@ -77,3 +77,23 @@ def test_packed_train_step_respects_capacity_and_matches_padded_gradients(tokeni
     packed = seen[-1]
     assert packed.position_ids is not None and packed.inputs.shape[0] > 1 and packed.inputs.shape[1] <= 120
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_packed_losses_equal_padded_on_a_tiny_gemma3(tokenizer):
+    """Packing must hold for the offline default's architecture too (rotary positions, local layers)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from heed.train import loss_sum
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=50256)
+    model = Gemma3ForCausalLM(config).eval()
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
+    examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        padded = loss_sum(model, collate(examples, 50256), "fp32", cpu)
+        packed = loss_sum(model, collate_packed(pack_rows(examples, 200), 50256), "fp32", cpu)
+    assert torch.allclose(padded, packed, rtol=1e-5)

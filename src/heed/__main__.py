@@ -1,5 +1,3 @@
-import sys
+from heed.cli import entry
 
-from heed.cli import main
-
-sys.exit(main())
+entry()

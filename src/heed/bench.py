@@ -1,14 +1,16 @@
 """``heed bench``: heed's fast path against the original design's loop, same model, data and run.
 
 Reference loop (what the original design does): fp32, batches padded to their longest example,
-logits for every position and the full vocabulary, plain AdamW; generation one sequence at a time,
+logits for every position and the full vocabulary, PyTorch's default AdamW, no gradient clipping,
+the system allocator, the model's activations as written; generation one sequence at a time,
 recomputing the whole sequence for every new token (no KV cache).
-Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
-logits only at supervised positions (chunked), fused AdamW; batched generation with a KV cache under
-bf16 autocast (``heed generate --precision bf16``).
+Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it, logits
+and their gradients only at supervised positions (``heed.loss``), fused AdamW, clipping at 1.0 (heed's
+default), mimalloc on Linux CPUs (``heed.allocator``), fused GELU; optionally packing
+(``--pack``) and a larger token budget per step; batched generation with a KV cache under bf16.
 
-Each measurement runs in its own process so peak memory is its own. Model FLOPs per trained token:
-6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is
+Each measurement runs in its own process (its own allocator and peak memory). Model FLOPs per trained
+token: 6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is
 against 989 TFLOP/s bf16 on H100/H200, and on a CPU against a measured large bf16 matmul.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from heed import allocator
 from heed.config import GenerateConfig
 from heed.data.batch import collate, collate_packed, pack_rows
 from heed.data.encode import encode_records, prompt_ids
@@ -36,7 +39,8 @@ from heed.data.templates import get_template
 from heed.device import autocast, choose_device, resolve_precision
 from heed.generate import generate_ids
 from heed.model import load_model, load_tokenizer
-from heed.train import loss_sum, make_optimizer
+from heed.loss import loss_sum
+from heed.train import make_optimizer
 
 H100_BF16_PEAK = 989e12
 
@@ -50,6 +54,9 @@ class BenchConfig:
     gen_prompts: int = 8
     gen_tokens: int = 32
     device: str = "auto"
+    pack_length: int = 256  # rows of the packed measurements (heed train --pack-length)
+    budget_scale: int = 4  # the larger-token-budget measurement: batch_size x this, packed
+    ablation: bool = False  # also measure the fast path with each piece taken out
 
 
 def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
@@ -83,42 +90,63 @@ def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
 
 
-def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
+# What each training measurement switches on. "allocator" is applied by the parent process (environment).
+FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "allocator": "mimalloc",
+        "fused_act": True, "pack": False, "batch_scale": 1}
+TRAIN_MODES: dict[str, dict[str, Any]] = {
+    "reference": {"precision": "fp32", "head": "full", "optimizer": "foreach", "clip": None, "allocator": "system",
+                  "fused_act": False, "pack": False, "batch_scale": 1},
+    "fast": FAST,
+    "packed": FAST | {"pack": True},
+    "budget": FAST | {"pack": True, "batch_scale": 0},  # 0: BenchConfig.budget_scale
+}
+# The fast path with one piece taken out (``heed bench --ablation``): what each piece is worth.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "fast, system allocator": FAST | {"allocator": "system"},
+    "fast, full-vocabulary logits": FAST | {"head": "full"},
+    "fast, foreach AdamW": FAST | {"optimizer": "foreach"},
+    "fast, fp32": FAST | {"precision": "fp32"},
+    "fast, GELU as written": FAST | {"fused_act": False},
+}
+
+
+def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     device = choose_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     examples = _examples(cfg, tokenizer)
-    model = load_model(cfg.model).to(device).train()
-    fast = mode in ("fast", "packed")
-    precision = resolve_precision("auto", device) if fast else "fp32"
-    if device.type == "cuda" and fast:
+    model = load_model(cfg.model, fast=features["fused_act"]).to(device).train()
+    precision = resolve_precision(features["precision"], device)
+    if device.type == "cuda" and precision != "fp32":
         torch.backends.cuda.matmul.allow_tf32 = True
     params = list(model.parameters())
-    optimizer = make_optimizer(params, 1e-5, 0.1) if fast else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    optimizer = (make_optimizer(params, 1e-5, 0.1) if features["optimizer"] == "fused"
+                 else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1))
     pad = tokenizer.pad_token_id
-    batches = [collate(examples[i:i + cfg.batch_size], pad) for i in range(0, len(examples), cfg.batch_size)]
+    size = cfg.batch_size * (features["batch_scale"] or cfg.budget_scale)
+    groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
     tokens = supervised = 0
     lengths = []
     for step in range(cfg.steps + 2):
-        batch = batches[step % len(batches)]
-        if mode == "packed":
-            group = examples[(step % len(batches)) * cfg.batch_size:][:cfg.batch_size]
-            batch = collate_packed(pack_rows(group, 1024), pad)
+        group = groups[step % len(groups)]
+        batch = collate_packed(pack_rows(group, cfg.pack_length), pad) if features["pack"] else collate(group, pad)
         batch = batch.to(device)
         if step == 2:
             _sync(device)
             started = time.perf_counter()
-        if fast:
+        if features["head"] == "supervised":
             loss = loss_sum(model, batch, precision, device) / batch.supervised_tokens
         else:
-            loss = _reference_loss(model, batch)
+            with autocast(precision, device):
+                loss = _reference_loss(model, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if features["clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), features["clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= 2:
             tokens += batch.tokens
             supervised += batch.supervised_tokens
-            lengths += batch.lengths.tolist()
+            lengths += [len(e.input_ids) - 1 for e in group]
     _sync(device)
     seconds = time.perf_counter() - started
     config = model.config
@@ -127,10 +155,10 @@ def measure_train(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     width = getattr(config, "hidden_size", None) or config.n_embd
     flops_per_token = 6 * n_params + 12 * layers * width * mean_len
-    return {"mode": mode, "precision": precision, "tokens_per_s": tokens / seconds,
+    return {"precision": precision, "batch": size, "tokens_per_s": tokens / seconds,
             "supervised_per_s": supervised / seconds, "flops_per_token": flops_per_token,
             "achieved_flops": flops_per_token * tokens / seconds, "peak_bytes": _peak_bytes(device),
-            "params": n_params, "mean_len": mean_len}
+            "params": n_params, "mean_len": mean_len, "allocator": "mimalloc" if allocator.loaded() else "system"}
 
 
 @torch.no_grad()
@@ -148,7 +176,7 @@ def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     template = get_template("alpaca")
     records = make_tasks(cfg.gen_prompts, 7)
     prompts = prompt_ids([template.prompt(r["instruction"], r["input"]) for r in records], tokenizer, template)
-    model = load_model(cfg.model).to(device).eval()
+    model = load_model(cfg.model, fast=mode != "reference").to(device).eval()
     gen = GenerateConfig(max_new_tokens=cfg.gen_tokens)
     precision = resolve_precision("auto", device)
     out: dict[str, Any] = {"mode": mode}
@@ -185,10 +213,12 @@ def matmul_peak(device: torch.device) -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - started)
 
 
-def _child(kind: str, mode: str, cfg: BenchConfig) -> dict[str, Any]:
-    """Run one measurement in a fresh process, so its peak memory is its own."""
-    args = [sys.executable, "-m", "heed.bench", kind, mode, json.dumps(cfg.__dict__)]
-    proc = subprocess.run(args, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
+def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh process, so its allocator and peak memory are its own."""
+    args = [sys.executable, "-m", "heed.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
+    fast = (features or {}).get("allocator", "mimalloc" if mode != "reference" else "system") == "mimalloc"
+    env = allocator.environment(os.environ, fast=fast) | {"TQDM_DISABLE": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench {kind} {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -197,10 +227,17 @@ def _child(kind: str, mode: str, cfg: BenchConfig) -> dict[str, Any]:
 def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
-    for kind, modes in (("train", ("reference", "fast", "packed")), ("generate", ("reference", "fast"))):
-        for mode in modes:
-            log(f"measuring {kind} ({mode}) on {cfg.model} ...")
-            results[f"{kind}_{mode}"] = _child(kind, mode, cfg)
+    for mode, features in TRAIN_MODES.items():
+        log(f"measuring train ({mode}) on {cfg.model} ...")
+        results[f"train_{mode}"] = _child("train", mode, cfg, features)
+    for mode in ("reference", "fast"):
+        log(f"measuring generate ({mode}) on {cfg.model} ...")
+        results[f"generate_{mode}"] = _child("generate", mode, cfg)
+    if cfg.ablation:
+        results["ablation"] = {}
+        for name, features in ABLATIONS.items():
+            log(f"measuring train ({name}) on {cfg.model} ...")
+            results["ablation"][name] = _child("train", name, cfg, features)
     results["peak_flops"] = matmul_peak(device)
     return results
 
@@ -220,6 +257,8 @@ def describe_device(device: torch.device) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    """The Markdown table of one model's results (and its ablation table when measured)."""
+    cfg = results["config"]
     tr, tf = results["train_reference"], results["train_fast"]
     gr, gf = results["generate_reference"], results["generate_fast"]
     peak = results["peak_flops"]
@@ -229,27 +268,37 @@ def table(results: dict[str, Any]) -> str:
         ratio = f"{fast / ref:.1f}×" if ref else "—"
         return f"| {name} | {format(ref, fmt) if ref else '—'} | {format(fast, fmt)} | {ratio} |"
 
-    lines = [f"**{results['config']['model']}** on {results['device']} "
-             f"({tf['params'] / 1e6:.0f}M parameters, mean length {tf['mean_len']:.0f} tokens, "
-             f"batch {results['config']['batch_size']}; fast path {tf['precision']})", "",
-             "| measure | reference loop | heed fast path | ratio |", "| --- | ---: | ---: | ---: |",
+    budget = results["train_budget"]
+    title = (f"**{cfg['model']}** on {results['device']} ({tf['params'] / 1e6:.0f}M parameters, "
+             f"mean length {tf['mean_len']:.0f} tokens, batch {cfg['batch_size']}; fast path {tf['precision']}, "
+             f"{tf['allocator']} allocator)")
+    lines = [title, "", "| measure | reference loop | heed fast path | ratio |", "| --- | ---: | ---: | ---: |",
              row("train: non-padding tokens/s", tr["tokens_per_s"], tf["tokens_per_s"], ",.0f"),
              row("train: supervised tokens/s", tr["supervised_per_s"], tf["supervised_per_s"], ",.0f"),
-             row("train, fast path + packing: non-padding tokens/s", tr["tokens_per_s"],
-                 results["train_packed"]["tokens_per_s"], ",.0f"),
-             row(f"train: MFU (vs {peak_name})", tr["achieved_flops"] / peak * 100, tf["achieved_flops"] / peak * 100, ".1f"),
+             row(f"train, fast path + packing ({cfg['pack_length']}-token rows): non-padding tokens/s",
+                 tr["tokens_per_s"], results["train_packed"]["tokens_per_s"], ",.0f"),
+             row(f"train, fast path + packing, {budget['batch']} examples a step: non-padding tokens/s",
+                 tr["tokens_per_s"], budget["tokens_per_s"], ",.0f"),
+             row(f"train: MFU % (vs {peak_name})", tr["achieved_flops"] / peak * 100,
+                 tf["achieved_flops"] / peak * 100, ".1f"),
              row("train: peak memory (GiB)", tr["peak_bytes"] / 2**30, tf["peak_bytes"] / 2**30, ".2f"),
              row("generate: tokens/s, batch 1", gr["batch1_tokens_per_s"], gf["batch1_tokens_per_s"], ",.1f"),
-             row(f"generate: tokens/s, batch {results['config']['gen_prompts']} (reference: one at a time)",
+             row(f"generate: tokens/s, batch {cfg['gen_prompts']} (reference: one at a time)",
                  gr["batch1_tokens_per_s"], gf["batched_tokens_per_s"], ",.1f")]
+    if results.get("ablation"):
+        lines += ["", f"Ablation ({cfg['model']}, batch {cfg['batch_size']}, no packing): the fast path with one "
+                  "piece taken out.", "", "| training run | non-padding tokens/s | vs fast path |",
+                  "| --- | ---: | ---: |", f"| fast path | {tf['tokens_per_s']:,.0f} | 1.00 |"]
+        for name, r in results["ablation"].items():
+            lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / tf['tokens_per_s']:.2f} |")
     return "\n".join(lines)
 
 
 def main_child(argv: list[str]) -> None:
-    kind, mode, raw = argv
+    kind, mode, raw, features = argv
     cfg = BenchConfig(**json.loads(raw))
     torch.manual_seed(0)
-    result = measure_train(cfg, mode) if kind == "train" else measure_generate(cfg, mode)
+    result = measure_train(cfg, json.loads(features)) if kind == "train" else measure_generate(cfg, mode)
     print(json.dumps(result))
 
 

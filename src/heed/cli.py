@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The ``heed`` console script: model-running commands re-execute once under mimalloc on Linux."""
+    from heed.allocator import maybe_reexec
+
+    maybe_reexec(sys.argv[1:])
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from heed.bench import BenchConfig, run, table
     from heed.io import write_text
 
-    import sys
-
     sections = []
     for model in args.model or ["random:gpt2"]:
         cfg = BenchConfig(model=model, data=args.data, batch_size=args.batch_size, steps=args.steps,
-                          gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, device=args.device)
+                          gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, device=args.device,
+                          pack_length=args.pack_length, budget_scale=args.budget_scale, ablation=args.ablation)
         results = run(cfg, log=lambda m: print(m, file=sys.stderr))
         sections.append(table(results))
         print(sections[-1] + "\n")
@@ -209,6 +209,10 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help="instruction records (default: built-in tasks)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=6, help="timed training steps (6)")
+    p.add_argument("--pack-length", type=int, default=256, help="rows of the packed measurements (256)")
+    p.add_argument("--budget-scale", type=int, default=4,
+                   help="the larger-budget measurement packs this many batches into one step (4)")
+    p.add_argument("--ablation", action="store_true", help="also measure the fast path with each piece taken out")
     p.add_argument("--gen-prompts", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--device", default="auto")

@@ -22,8 +22,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (1)")
     g.add_argument("--pack", action="store_true",
-                   help="pack each micro-batch into padding-free rows of at most --max-length tokens "
-                   "(attention never crosses examples)")
+                   help="pack each micro-batch into padding-free rows of at most --pack-length tokens "
+                   "(attention never crosses examples; same loss and gradients as padding)")
+    g.add_argument("--pack-length", type=int, default=d.pack_length, metavar="N",
+                   help=f"longest packed row ({d.pack_length}; on CPU longer rows cost more attention than they save)")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training split ({d.epochs})")
     g.add_argument("--max-steps", type=int, help="stop after this many steps")
     g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping, 0 = off (1.0)")
@@ -74,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lora = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, targets)
     run = RunConfig(data_config(args), TrainConfig(
         model=args.model, out=args.out, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, pack=args.pack, epochs=args.epochs, max_steps=args.max_steps,
+        grad_accum=args.grad_accum, pack=args.pack, pack_length=args.pack_length, epochs=args.epochs, max_steps=args.max_steps,
         eval_every=args.eval_every,
         eval_batches=args.eval_batches, patience=args.patience, min_delta=args.min_delta, clip=args.clip or None,
         warmup_steps=args.warmup_steps, schedule=args.schedule, precision=args.precision, seed=args.seed,

@@ -38,7 +38,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW weight decay
     batch_size: int = 8  # examples per optimizer step (split into micro-batches by grad_accum)
     grad_accum: int = 1  # micro-batches per optimizer step
-    pack: bool = False  # pack each micro-batch into padding-free rows of at most max_length tokens
+    pack: bool = False  # pack each micro-batch into padding-free rows (see pack_length)
+    pack_length: int = 256  # longest packed row in tokens (capped at max_length); longer examples get a row each
     epochs: int = 2  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps
     eval_every: int = 5  # evaluate every N optimizer steps

@@ -207,8 +207,12 @@ def read_meta(spec: str) -> dict[str, Any]:
         raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
 
 
-def load_model(spec: str, *, seed: int = 123, dtype: Any = None) -> Any:
-    """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode."""
+def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: bool = True) -> Any:
+    """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode.
+
+    ``fast`` swaps slow activation modules for fused equivalents (``fuse_activations``); False keeps
+    the model's modules as written (the benchmark's reference loop).
+    """
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -220,10 +224,25 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None) -> Any:
     if spec.startswith("random:"):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
-        return model.eval()
+        return (fuse_activations(model) if fast else model).eval()
     target = resolve(spec)
     model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
-    return model.eval()
+    return (fuse_activations(model) if fast else model).eval()
+
+
+def fuse_activations(model: Any) -> Any:
+    """Swap GPT-2's GELU, written as seven tensor operations, for PyTorch's single fused kernel.
+
+    Same function (the tanh approximation), equal to rounding; the saved config is untouched. Measured
+    on 2 CPU cores: about 9% of a GPT-2 training step.
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+    return model
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:

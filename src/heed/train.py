@@ -10,26 +10,26 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
-from heed import checkpoint
+from heed import allocator, checkpoint
 from heed.config import GenerateConfig, RunConfig
 from heed.data import load_split
-from heed.data.batch import Batch, batch_order, collate, collate_packed, iter_batches, pack_rows
-from heed.data.encode import IGNORE_INDEX, Example, encode_records
+from heed.data.batch import batch_order, collate, collate_packed, iter_batches, pack_rows
+from heed.data.encode import Example, encode_records
 from heed.data.records import Record
 from heed.data.templates import Template, get_template
-from heed.device import autocast, choose_device, resolve_precision
+from heed.device import choose_device, resolve_precision
 from heed.errors import HeedError
 from heed.generate import generate_responses
 from heed.io import write_json
-from heed.lora import add_adapters, is_adapted, merged
+from heed.lora import add_adapters, merged
+from heed.loss import loss_sum
 from heed.model import context_length, load_model, load_tokenizer, model_config
 from heed.outputs import run_meta, write_outputs, write_test_responses
 
@@ -54,59 +54,6 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     metrics: list[dict[str, Any]]
-
-
-# Architectures whose logits are exactly ``lm_head(last_hidden_state)`` (Gemma's optional soft-capping
-# is applied below); for these the head runs only where a target is supervised.
-PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"}
-
-
-def _body_and_head(model: Any) -> tuple[Any, Any, float | None] | None:
-    inner = model.get_base_model() if is_adapted(model) else model
-    config = inner.config
-    if config.model_type not in PLAIN_HEAD_TYPES or inner.base_model is inner:
-        return None
-    return inner.base_model, inner.get_output_embeddings(), getattr(config, "final_logit_softcapping", None)
-
-
-def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
-    """Summed cross-entropy over the supervised targets of a batch (targets are already shifted).
-
-    Where the architecture allows, logits are computed only at supervised positions — (N, V) instead
-    of the full (B, T, V), which is most of the cost for small models with large vocabularies.
-    """
-    parts = _body_and_head(model)
-    supervised = batch.targets != IGNORE_INDEX  # (B, T)
-    targets = batch.targets[supervised]  # (N,)
-    with autocast(precision, device):
-        # No KV cache in training; without one, packed position ids also give a block-diagonal mask.
-        extra = {"use_cache": False}
-        if batch.position_ids is not None:
-            extra["position_ids"] = batch.position_ids
-        if parts is None:
-            logits = model(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
-            return F.cross_entropy(logits.float(), targets, reduction="sum")
-        body, head, softcap = parts
-        hidden = body(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
-        if hidden.shape[0] <= HEAD_CHUNK:
-            return _head_loss(head, softcap, hidden, targets)
-        # Large vocabularies: the (N, V) logits of every chunk would stay alive for backward. Each
-        # chunk is recomputed in backward instead, so at most one chunk's logits exist at a time.
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], HEAD_CHUNK):
-            total = total + recompute_in_backward(_head_loss, head, softcap, hidden[start:start + HEAD_CHUNK],
-                                                  targets[start:start + HEAD_CHUNK], use_reentrant=False)
-        return total
-
-
-HEAD_CHUNK = 64  # supervised positions per logits chunk: 64 x 262k vocab x 4 bytes = 64 MiB
-
-
-def _head_loss(head: Any, softcap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden)  # (n, V)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 @torch.no_grad()
@@ -194,6 +141,7 @@ def _validate(run: RunConfig) -> None:
         (t.epochs < 1, f"--epochs must be at least 1 (got {t.epochs})"),
         (t.lr <= 0, f"--lr must be positive (got {t.lr})"),
         (t.eval_every < 1, f"--eval-every must be at least 1 (got {t.eval_every})"),
+        (t.pack_length < 1, f"--pack-length must be at least 1 (got {t.pack_length})"),
         (t.patience is not None and t.patience < 1, f"--patience must be at least 1 (got {t.patience})"),
     ) if bad]
     if problems:
@@ -255,7 +203,8 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
         total_steps = min(total_steps, tcfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
     log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-        f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}; "
+        f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}"
+        + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "") + "; "
         f"{total_steps} steps")
 
     loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "best_val": None,
@@ -305,7 +254,7 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
                 examples = [train_examples[i] for i in order[loop["batch_in_epoch"]]]
                 loss = train_step(model, optimizer, scheduler, examples, grad_accum=tcfg.grad_accum, pad_id=pad_id,
                                   clip=tcfg.clip, precision=precision, device=device,
-                                  pack_capacity=dcfg.max_length if tcfg.pack else None)
+                                  pack_capacity=min(tcfg.pack_length, dcfg.max_length) if tcfg.pack else None)
                 loop["step"] += 1
                 loop["batch_in_epoch"] += 1
                 loop["tokens_seen"] += sum(len(e.input_ids) - 1 for e in examples)

@@ -1,0 +1,130 @@
+"""The training objective: summed cross-entropy over supervised targets, computed where it is needed.
+
+Targets are already shifted by collate, so the loss compares ``logits[:, t]`` with ``targets[:, t]``.
+The output head (the vocabulary matrix) is most of the cost of a small model's step, so it gets its
+own path: logits only at supervised positions, in chunks, never the full (B, T, V) tensor, with the
+gradients of the head computed in the same pass (the loss is a scalar, so they are known at forward
+time and only scaled in backward). The vocabulary matrix is then cast once per step and its gradient
+written once, instead of once per chunk and again in backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from heed.data.batch import Batch
+from heed.data.encode import IGNORE_INDEX
+from heed.device import autocast
+from heed.lora import is_adapted
+
+# Architectures whose logits are exactly ``lm_head(last_hidden_state)`` (Gemma's optional soft-capping
+# is applied here too); for these the head runs only where a target is supervised.
+PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"}
+
+HEAD_BUDGET = 256 * 2**20  # bytes of fp32 logits (and their gradient) alive at once per chunk
+
+
+def _body_and_head(model: Any) -> tuple[Any, torch.nn.Linear, float | None] | None:
+    inner = model.get_base_model() if is_adapted(model) else model
+    config = inner.config
+    if config.model_type not in PLAIN_HEAD_TYPES or inner.base_model is inner:
+        return None
+    head = inner.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    return inner.base_model, head, getattr(config, "final_logit_softcapping", None)
+
+
+def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the supervised targets of a batch (targets are already shifted).
+
+    Example: targets ``[[-100, -100, 7, 50256]]`` → the loss is
+    ``CE(logits[0, 2], 7) + CE(logits[0, 3], 50256)``, and only those two rows of logits are computed.
+    """
+    parts = _body_and_head(model)
+    supervised = batch.targets != IGNORE_INDEX  # (B, T)
+    targets = batch.targets[supervised]  # (N,)
+    # No KV cache in training; without one, packed position ids also give a block-diagonal mask.
+    extra: dict[str, Any] = {"use_cache": False}
+    if batch.position_ids is not None:
+        extra["position_ids"] = batch.position_ids
+    with autocast(precision, device):
+        if parts is None:
+            logits = model(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
+            return F.cross_entropy(logits.float(), targets, reduction="sum")
+        body, head, softcap = parts
+        hidden = body(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
+    dtype = torch.bfloat16 if precision == "bf16" else head.weight.dtype
+    return linear_cross_entropy(hidden, head.weight, targets, softcap=softcap, dtype=dtype)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         softcap: float | None = None, dtype: torch.dtype | None = None,
+                         chunk: int | None = None) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T, targets, reduction="sum")`` without the (N, V) logits.
+
+    Matmuls run in ``dtype`` (default: the weight's), softmax and the loss in fp32. ``chunk`` rows of
+    logits exist at a time (default: as many as fit in 256 MiB).
+    """
+    dtype = dtype or weight.dtype
+    chunk = chunk or max(16, HEAD_BUDGET // (weight.shape[0] * 4 * 3))
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, softcap, dtype, chunk)
+    with torch.no_grad():
+        return _forward(hidden, weight, targets, softcap, dtype, chunk, need_h=False, need_w=False)[0]
+
+
+def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+             dtype: torch.dtype, chunk: int, *, need_h: bool, need_w: bool) -> tuple[torch.Tensor, Any, Any]:
+    with torch.autocast(hidden.device.type, enabled=False):
+        w = weight.to(dtype)  # (V, C): cast once per step
+        h = hidden.to(dtype)  # (N, C)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = None
+        for start in range(0, h.shape[0], chunk):
+            hc, tc = h[start:start + chunk], targets[start:start + chunk]
+            logits = (hc @ w.T).float()  # (n, V)
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w):
+                continue
+            # d loss / d logits = softmax - one_hot(target), then through the soft-cap.
+            grad = logits.sub_(lse[:, None]).exp_()  # (n, V), in place: the logits are not needed again
+            grad[torch.arange(len(tc), device=grad.device), tc] -= 1
+            if softcap:
+                grad.mul_(1 - capped * capped)
+            grad = grad.to(dtype)
+            if need_h:
+                grad_h[start:start + chunk] = grad @ w  # (n, C)
+            if need_w:
+                part = grad.T @ hc  # (V, C)
+                grad_w = part.to(weight.dtype) if grad_w is None else grad_w.add_(part)
+    return total, grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                softcap: float | None, dtype: torch.dtype, chunk: int) -> torch.Tensor:
+        total, grad_h, grad_w = _forward(hidden, weight, targets, softcap, dtype, chunk,
+                                         need_h=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1])
+        ctx.grads = [grad_h, grad_w]
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # hand the buffers over: autograd keeps a gradient it holds the only reference to
+        if grad_h is not None:
+            grad_h = grad_h.mul_(grad_out.to(grad_h.dtype))
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_out.to(grad_w.dtype))
+        return grad_h, grad_w, None, None, None, None
+

@@ -1,0 +1,70 @@
+"""The supervised-only head: loss and gradients equal full-logit cross-entropy, chunked or not."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heed.loss import linear_cross_entropy
+
+
+def reference(hidden, weight, targets, softcap=None):
+    logits = hidden @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def grads(fn, hidden, weight, targets, **kw):
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss = fn(h, w, targets, **kw)
+    (loss * 0.25).backward()  # a grad_output other than 1 must scale both gradients
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_loss_and_gradients_equal_full_logits(chunk, softcap):
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(10, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (10,))
+    want = grads(reference, hidden, weight, targets, softcap=softcap)
+    got = grads(linear_cross_entropy, hidden, weight, targets, softcap=softcap, chunk=chunk)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_weight_gets_no_gradient_and_no_grad_mode_gives_the_same_loss():
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(7, 8, requires_grad=True), torch.randn(30, 8)
+    targets = torch.randint(0, 30, (7,))
+    loss = linear_cross_entropy(hidden, weight, targets, chunk=2)
+    loss.backward()
+    assert weight.grad is None
+    h = hidden.detach().clone().requires_grad_(True)
+    reference(h, weight, targets).backward()
+    assert torch.allclose(hidden.grad, h.grad, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(hidden, weight, targets), loss.detach())
+
+
+def test_bf16_matmuls_stay_close_to_fp32():
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(12, 32), torch.randn(64, 32) * 0.1
+    targets = torch.randint(0, 64, (12,))
+    want = grads(reference, hidden, weight, targets)
+    got = grads(linear_cross_entropy, hidden, weight, targets, dtype=torch.bfloat16)
+    assert got[2].dtype == torch.float32  # the weight's gradient comes back in the weight's dtype
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, rtol=0.03, atol=0.03)
+
+
+def test_gradient_accumulates_across_calls_like_autograd():
+    torch.manual_seed(3)
+    batches = [(torch.randn(3, 4), torch.randint(0, 20, (3,))) for _ in range(2)]
+    weight = torch.randn(20, 4)
+    fused, plain = weight.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    for hidden, targets in batches:
+        linear_cross_entropy(hidden, fused, targets).backward()
+        reference(hidden, plain, targets).backward()
+    assert torch.allclose(fused.grad, plain.grad, atol=1e-5)
