@@ -58,6 +58,16 @@ def test_a_few_steps_lower_the_loss_and_change_weights(data_file, tmp_path, toke
     after = load_model(str(tmp_path / "run")).state_dict()
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert "transformer.h.0.attn.c_attn.weight" in changed and "transformer.wte.weight" in changed
+    assert (tmp_path / "run" / "audit.json").is_file()
+
+
+def test_packed_bf16_training_without_audit(data_file, tmp_path):
+    out = tmp_path / "run"
+    result = train(run_config(data_file, out, epochs=3, eval_every=1, pack=True, pack_length=64, precision="bf16",
+                              audit=False), log=quiet)
+    losses = [m["train_loss"] for m in result.metrics]
+    assert losses[-1] < losses[0] - 0.5
+    assert not (out / "audit.json").exists() and (out / "heed.json").is_file()
 
 
 def test_outputs_and_saved_model_reload_with_identical_logits(data_file, tmp_path, tokenizer):

@@ -38,8 +38,8 @@ from heed.data.tasks import make_tasks
 from heed.data.templates import get_template
 from heed.device import autocast, choose_device, resolve_precision
 from heed.generate import generate_ids
-from heed.model import load_model, load_tokenizer
 from heed.loss import loss_sum
+from heed.model import load_model, load_tokenizer
 from heed.train import make_optimizer
 
 H100_BF16_PEAK = 989e12

@@ -45,6 +45,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps")
     g.add_argument("--no-sample", action="store_true", help="no greedy sample at the end of each epoch")
     g.add_argument("--no-generate", action="store_true", help="skip responses for the test split")
+    g.add_argument("--no-audit", action="store_true",
+                   help="skip the data audit (audit.json); it re-encodes every record, noticeable on very large files")
     g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="for the test responses (256)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
@@ -81,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_batches=args.eval_batches, patience=args.patience, min_delta=args.min_delta, clip=args.clip or None,
         warmup_steps=args.warmup_steps, schedule=args.schedule, precision=args.precision, seed=args.seed,
         shuffle=not args.no_shuffle, checkpoint_every=args.checkpoint_every, sample_every_epoch=not args.no_sample,
-        generate_test=not args.no_generate, max_new_tokens=args.max_new_tokens, lora=lora, device=args.device,
+        generate_test=not args.no_generate, audit=not args.no_audit, max_new_tokens=args.max_new_tokens, lora=lora, device=args.device,
     ))
     train(run)
     return 0

@@ -55,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # save a resumable checkpoint every N steps (and at the end)
     sample_every_epoch: bool = True  # print a greedy sample for the first validation prompt per epoch
     generate_test: bool = True  # write responses for the test split after training
+    audit: bool = True  # write audit.json (the `heed data check` audit) before training
     max_new_tokens: int = 256  # for those responses
     lora: LoraConfig | None = None  # LoRA adapters instead of full finetuning
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -177,11 +177,12 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
         raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
                         "check it with `heed data check`")
     pad_id = tokenizer.pad_token_id
-    from heed.data.audit import audit
+    if tcfg.audit:
+        from heed.data.audit import audit
 
-    write_json(out / "audit.json", audit(records, split, template, tokenizer, max_length=dcfg.max_length,
-                                         policy=dcfg.overlong, train_on_prompt=dcfg.train_on_prompt,
-                                         source=dcfg.data).to_dict())
+        write_json(out / "audit.json", audit(records, split, template, tokenizer, max_length=dcfg.max_length,
+                                             policy=dcfg.overlong, train_on_prompt=dcfg.train_on_prompt,
+                                             source=dcfg.data).to_dict())
     log(f"data: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test records; "
         f"train {report.summary()}")
 
