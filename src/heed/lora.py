@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from heed.config import LoraConfig
@@ -20,7 +21,10 @@ def add_adapters(model: Any, cfg: LoraConfig) -> Any:
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft asks transformers 5 a deprecated question; the warning is not the user's to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as e:
         raise HeedError(f"--lora-targets: {str(e).splitlines()[0]}") from None
 
