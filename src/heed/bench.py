@@ -92,13 +92,13 @@ def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
 FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "allocator": "mimalloc",
-        "fused_act": True, "pack": False, "batch_scale": 1}
+        "fused_act": True, "pack": False, "budget": False}
 TRAIN_MODES: dict[str, dict[str, Any]] = {
     "reference": {"precision": "fp32", "head": "full", "optimizer": "foreach", "clip": None, "allocator": "system",
-                  "fused_act": False, "pack": False, "batch_scale": 1},
+                  "fused_act": False, "pack": False, "budget": False},
     "fast": FAST,
     "packed": FAST | {"pack": True},
-    "budget": FAST | {"pack": True, "batch_scale": 0},  # 0: BenchConfig.budget_scale
+    "budget": FAST | {"pack": True, "budget": True},  # BenchConfig.budget_scale batches a step
 }
 # The fast path with one piece taken out (``heed bench --ablation``): what each piece is worth.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -122,7 +122,7 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     optimizer = (make_optimizer(params, 1e-5, 0.1) if features["optimizer"] == "fused"
                  else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1))
     pad = tokenizer.pad_token_id
-    size = cfg.batch_size * (features["batch_scale"] or cfg.budget_scale)
+    size = cfg.batch_size * (cfg.budget_scale if features["budget"] else 1)
     groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
     tokens = supervised = 0
     lengths = []
@@ -213,11 +213,10 @@ def matmul_peak(device: torch.device) -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - started)
 
 
-def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any] | None = None) -> dict[str, Any]:
+def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh process, so its allocator and peak memory are its own."""
     args = [sys.executable, "-m", "heed.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
-    fast = (features or {}).get("allocator", "mimalloc" if mode != "reference" else "system") == "mimalloc"
-    env = allocator.environment(os.environ, fast=fast) | {"TQDM_DISABLE": "1"}
+    env = allocator.environment(os.environ, fast=features["allocator"] == "mimalloc") | {"TQDM_DISABLE": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench {kind} {mode} failed:\n{proc.stderr[-3000:]}")
@@ -232,7 +231,7 @@ def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
         results[f"train_{mode}"] = _child("train", mode, cfg, features)
     for mode in ("reference", "fast"):
         log(f"measuring generate ({mode}) on {cfg.model} ...")
-        results[f"generate_{mode}"] = _child("generate", mode, cfg)
+        results[f"generate_{mode}"] = _child("generate", mode, cfg, TRAIN_MODES[mode])
     if cfg.ablation:
         results["ablation"] = {}
         for name, features in ABLATIONS.items():
