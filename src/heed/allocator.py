@@ -66,7 +66,7 @@ def reexec_command(argv: list[str], environ: Mapping[str, str]) -> tuple[list[st
     """The command and environment to re-execute ``heed argv`` with mimalloc, or None to go on as is."""
     if not sys.platform.startswith("linux") or environ.get(SWITCH) in ("system", "mimalloc"):
         return None
-    if not any(a in COMMANDS for a in argv[:1]) or loaded():
+    if not argv or argv[0] not in COMMANDS or loaded():
         return None
     env = environment(environ, fast=True)
     if env[SWITCH] != "mimalloc":

@@ -78,12 +78,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         lora = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, targets)
     run = RunConfig(data_config(args), TrainConfig(
         model=args.model, out=args.out, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, pack=args.pack, pack_length=args.pack_length, epochs=args.epochs, max_steps=args.max_steps,
-        eval_every=args.eval_every,
+        grad_accum=args.grad_accum, pack=args.pack, pack_length=args.pack_length, epochs=args.epochs,
+        max_steps=args.max_steps, eval_every=args.eval_every,
         eval_batches=args.eval_batches, patience=args.patience, min_delta=args.min_delta, clip=args.clip or None,
         warmup_steps=args.warmup_steps, schedule=args.schedule, precision=args.precision, seed=args.seed,
         shuffle=not args.no_shuffle, checkpoint_every=args.checkpoint_every, sample_every_epoch=not args.no_sample,
-        generate_test=not args.no_generate, audit=not args.no_audit, max_new_tokens=args.max_new_tokens, lora=lora, device=args.device,
+        generate_test=not args.no_generate, audit=not args.no_audit, max_new_tokens=args.max_new_tokens,
+        lora=lora, device=args.device,
     ))
     train(run)
     return 0
