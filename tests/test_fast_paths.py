@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from heed import allocator
-from heed.bench import FAST, TRAIN_MODES, BenchConfig, measure_train, table
+from heed.bench import FAST, GENERATE_MODES, TRAIN_MODES, BenchConfig, measure_generate, measure_train, table
 from heed.model import load_model
 
 needs_mimalloc = pytest.mark.skipif(allocator.library() is None or not sys.platform.startswith("linux"),
@@ -62,10 +62,34 @@ def test_bench_measures_reference_and_fast_path_on_the_same_batches():
     assert ref["tokens_per_s"] > 0 and fast["tokens_per_s"] > 0
     budget = measure_train(cfg, TRAIN_MODES["budget"] | {"precision": "fp32"})
     assert budget["batch"] == 4 * cfg.budget_scale
+    compiled = {"batch1_tokens_per_s": 12.0, "batched_tokens_per_s": 80.0, "batch1_first_call_s": 9.0}
     gen = {"batch1_tokens_per_s": 10.0, "batched_tokens_per_s": 40.0}
     results = {"config": cfg.__dict__, "device": "cpu", "peak_flops": 1e12, "train_reference": ref,
                "train_fast": fast, "train_packed": fast, "train_budget": budget,
-               "generate_reference": gen, "generate_fast": gen, "ablation": {"fast, fp32": ref}}
+               "generate_reference": gen, "generate_fast": gen, "generate_compiled": compiled,
+               "ablation": {"fast, fp32": ref}}
     text = table(results)
     assert "| train: non-padding tokens/s |" in text and "16 examples a step" in text
     assert "| fast, fp32 |" in text
+    assert "static KV cache, compiled step: tokens/s, batch 1 (first call" in text
+
+
+def test_bench_generation_modes_produce_tokens():
+    cfg = BenchConfig(model="random:gpt2-tiny", gen_prompts=2, gen_tokens=3)
+    for mode in GENERATE_MODES.values():
+        out = measure_generate(cfg, mode)
+        assert out["batch1_tokens_per_s"] > 0 and out["batch1_first_call_s"] > 0
+        assert ("batched_tokens_per_s" in out) == (mode != "reference")
+
+
+def test_bench_compiled_training_warms_up_every_timed_shape():
+    from heed.bench import COMPILED_MODES
+
+    cfg = BenchConfig(model="random:gpt2-tiny", steps=3, batch_size=2, pack_length=128)
+    out = measure_train(cfg, COMPILED_MODES["compiled"] | {"precision": "fp32"})
+    assert out["tokens_per_s"] > 0 and out["warmup_steps"] >= 2
+    gen = {"batch1_tokens_per_s": 10.0, "batched_tokens_per_s": 40.0}
+    results = {"config": cfg.__dict__, "device": "cpu", "peak_flops": 1e12, "train_reference": out,
+               "train_fast": out, "train_packed": out, "train_budget": out, "train_compiled": out,
+               "generate_reference": gen, "generate_fast": gen}
+    assert "packing, compiled (static shapes; compiling took" in table(results)

@@ -1,12 +1,13 @@
 """``heed bench``: heed's fast path against the original design's loop, same model, data and run.
 
 Reference loop (what the original design does): fp32, batches padded to their longest example,
-logits for every position and the full vocabulary, PyTorch's default AdamW, no gradient clipping,
+logits for every position and the full vocabulary, PyTorch's default AdamW (on a CPU its per-parameter
+loop; on CUDA its foreach kernels), no gradient clipping,
 the system allocator, the model's activations as written; generation one sequence at a time,
 recomputing the whole sequence for every new token (no KV cache).
 Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it, logits
-and their gradients only at supervised positions (``heed.loss``), fused AdamW, clipping at 1.0 (heed's
-default), mimalloc on Linux CPUs (``heed.allocator``), fused GELU; optionally packing
+and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping at 1.0 (heed's
+default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs (``heed.allocator``), fused GELU; optionally packing
 (``--pack``) and a larger token budget per step; batched generation with a KV cache under bf16.
 
 Each measurement runs in its own process (its own allocator and peak memory). Model FLOPs per trained
@@ -31,16 +32,16 @@ import torch.nn.functional as F
 
 from heed import allocator
 from heed.config import GenerateConfig
-from heed.data.batch import collate, collate_packed, pack_rows
+from heed.data.batch import make_batch
 from heed.data.encode import encode_records, prompt_ids
 from heed.data.records import load_records
 from heed.data.tasks import make_tasks
 from heed.data.templates import get_template
-from heed.device import autocast, choose_device, resolve_precision
-from heed.generate import generate_ids
-from heed.loss import loss_sum
+from heed.device import autocast, choose_device, enable_tf32, resolve_precision
+from heed.generate import generate_ids, make_decoder
+from heed.loss import compile_body, loss_sum
 from heed.model import load_model, load_tokenizer
-from heed.train import make_optimizer
+from heed.optim import clipped_step, make_optimizer
 
 H100_BF16_PEAK = 989e12
 
@@ -57,6 +58,7 @@ class BenchConfig:
     pack_length: int = 256  # rows of the packed measurements (heed train --pack-length)
     budget_scale: int = 4  # the larger-token-budget measurement: batch_size x this, packed
     ablation: bool = False  # also measure the fast path with each piece taken out
+    compile: bool = False  # also measure compiled training (always measured on CUDA)
 
 
 def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
@@ -91,64 +93,82 @@ def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
 
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
-FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "allocator": "mimalloc",
-        "fused_act": True, "pack": False, "budget": False}
+FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
+        "allocator": "mimalloc", "fused_act": True, "tf32": True, "pack": False, "budget": False, "compile": False}
 TRAIN_MODES: dict[str, dict[str, Any]] = {
-    "reference": {"precision": "fp32", "head": "full", "optimizer": "foreach", "clip": None, "allocator": "system",
-                  "fused_act": False, "pack": False, "budget": False},
+    "reference": {"precision": "fp32", "head": "full", "optimizer": "default", "clip": None, "fold_clip": False,
+                  "allocator": "system", "fused_act": False, "tf32": False, "pack": False, "budget": False,
+                  "compile": False},
     "fast": FAST,
     "packed": FAST | {"pack": True},
     "budget": FAST | {"pack": True, "budget": True},  # BenchConfig.budget_scale batches a step
 }
+# Compiled, static bucketed shapes (heed train --pack --compile); measured on CUDA or with --compile.
+COMPILED_MODES = {"compiled": FAST | {"pack": True, "compile": True},
+                  "budget_compiled": FAST | {"pack": True, "budget": True, "compile": True}}
+# Generation measurements: name → mode of measure_generate (reference, or the KV cache heed uses).
+GENERATE_MODES = {"reference": "reference", "fast": "dynamic", "static": "static", "compiled": "compiled"}
 # The fast path with one piece taken out (``heed bench --ablation``): what each piece is worth.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "fast, system allocator": FAST | {"allocator": "system"},
     "fast, full-vocabulary logits": FAST | {"head": "full"},
-    "fast, foreach AdamW": FAST | {"optimizer": "foreach"},
+    "fast, PyTorch's default AdamW": FAST | {"optimizer": "default"},
+    "fast, clipping as a separate pass": FAST | {"fold_clip": False},
     "fast, fp32": FAST | {"precision": "fp32"},
     "fast, GELU as written": FAST | {"fused_act": False},
 }
+CUDA_ABLATIONS = {"fast, IEEE fp32 where autocast leaves fp32 (no TF32)": FAST | {"tf32": False}}
 
 
 def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     device = choose_device(cfg.device)
+    if device.type == "cuda":
+        enable_tf32(features["tf32"])  # the reference runs in IEEE fp32, as PyTorch does by default
     tokenizer = load_tokenizer(cfg.model)
     examples = _examples(cfg, tokenizer)
     model = load_model(cfg.model, fast=features["fused_act"]).to(device).train()
     precision = resolve_precision(features["precision"], device)
-    if device.type == "cuda" and precision != "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = True
     params = list(model.parameters())
     optimizer = (make_optimizer(params, 1e-5, 0.1) if features["optimizer"] == "fused"
                  else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1))
     pad = tokenizer.pad_token_id
     size = cfg.batch_size * (cfg.budget_scale if features["budget"] else 1)
     groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
-    tokens = supervised = 0
-    lengths = []
-    for step in range(cfg.steps + 2):
-        group = groups[step % len(groups)]
-        batch = collate_packed(pack_rows(group, cfg.pack_length), pad) if features["pack"] else collate(group, pad)
-        batch = batch.to(device)
-        if step == 2:
-            _sync(device)
-            started = time.perf_counter()
+    groups = [groups[step % len(groups)] for step in range(cfg.steps + 2)]  # 2 warmup steps, then the timed ones
+    capacity = cfg.pack_length if features["pack"] else None
+    batches = [make_batch(g, pad, pack_capacity=capacity, static=features["compile"]).to(device) for g in groups]
+    warmup, timed = batches[:2], batches[2:]
+    if features["compile"]:
+        compile_body(model)
+        shapes = {tuple(b.inputs.shape) for b in warmup}
+        for b in timed:  # every shape the timed steps will see compiles before the clock starts
+            if tuple(b.inputs.shape) not in shapes:
+                shapes.add(tuple(b.inputs.shape))
+                warmup.append(b)
+
+    def train_step(batch: Any) -> None:
         if features["head"] == "supervised":
             loss = loss_sum(model, batch, precision, device) / batch.supervised_tokens
         else:
             with autocast(precision, device):
                 loss = _reference_loss(model, batch)
         loss.backward()
-        if features["clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), features["clip"])
-        optimizer.step()
+        clipped_step(optimizer, params, features["clip"], fold=features["fold_clip"])
         optimizer.zero_grad(set_to_none=True)
-        if step >= 2:
-            tokens += batch.tokens
-            supervised += batch.supervised_tokens
-            lengths += [len(e.input_ids) - 1 for e in group]
+
+    started = time.perf_counter()
+    for batch in warmup:
+        train_step(batch)
+    _sync(device)
+    warmup_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for batch in timed:
+        train_step(batch)
     _sync(device)
     seconds = time.perf_counter() - started
+    tokens = sum(b.tokens for b in timed)
+    supervised = sum(b.supervised_tokens for b in timed)
+    lengths = [len(e.input_ids) - 1 for g in groups[2:] for e in g]
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
     mean_len = sum(lengths) / len(lengths)
@@ -158,7 +178,8 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     return {"precision": precision, "batch": size, "tokens_per_s": tokens / seconds,
             "supervised_per_s": supervised / seconds, "flops_per_token": flops_per_token,
             "achieved_flops": flops_per_token * tokens / seconds, "peak_bytes": _peak_bytes(device),
-            "params": n_params, "mean_len": mean_len, "allocator": "mimalloc" if allocator.loaded() else "system"}
+            "params": n_params, "mean_len": mean_len, "allocator": "mimalloc" if allocator.loaded() else "system",
+            "warmup_s": warmup_seconds, "warmup_steps": len(warmup)}
 
 
 @torch.no_grad()
@@ -171,32 +192,40 @@ def _reference_generate(model: Any, prompt: list[int], new_tokens: int, device: 
 
 
 def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
+    """Generation tokens/s at batch 1 and batched. ``mode``: reference, or a KV cache (dynamic, static,
+    compiled). One untimed call on the first batch first (for ``compiled``: the compile, reported)."""
     device = choose_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template("alpaca")
     records = make_tasks(cfg.gen_prompts, 7)
     prompts = prompt_ids([template.prompt(r["instruction"], r["input"]) for r in records], tokenizer, template)
+    if device.type == "cuda":
+        enable_tf32(mode != "reference")
     model = load_model(cfg.model, fast=mode != "reference").to(device).eval()
-    gen = GenerateConfig(max_new_tokens=cfg.gen_tokens)
-    precision = resolve_precision("auto", device)
-    out: dict[str, Any] = {"mode": mode}
+    precision = "fp32" if mode == "reference" else resolve_precision("auto", device)
+    gen = GenerateConfig(max_new_tokens=cfg.gen_tokens, cache="dynamic" if mode == "reference" else mode)
+    out: dict[str, Any] = {"mode": mode, "precision": precision}
     for label, batch in (("batch1", 1), ("batched", cfg.gen_prompts)):
         if mode == "reference" and label == "batched":
             continue
-        _sync(device)
+        decoder = None if mode == "reference" else make_decoder(model, gen)
+
+        def produce(chunk: list[list[int]]) -> int:
+            if mode == "reference":
+                return sum(_reference_generate(model, p, cfg.gen_tokens, device) for p in chunk)
+            with autocast(precision, device):
+                rows = generate_ids(model, chunk, pad_id=tokenizer.pad_token_id, eos=-1, cfg=gen, decoder=decoder)
+            return sum(len(r) for r in rows)
+
+        chunks = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
         started = time.perf_counter()
-        produced = 0
-        if mode == "reference":
-            for p in prompts:
-                produced += _reference_generate(model, p, cfg.gen_tokens, device)
-        else:
-            for i in range(0, len(prompts), batch):
-                with autocast(precision, device):
-                    rows = generate_ids(model, prompts[i:i + batch], pad_id=tokenizer.pad_token_id, eos=-1, cfg=gen)
-                produced += sum(len(r) for r in rows)
+        produce(chunks[0])
+        _sync(device)
+        out[f"{label}_first_call_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        produced = sum(produce(c) for c in chunks)
         _sync(device)
         out[f"{label}_tokens_per_s"] = produced / (time.perf_counter() - started)
-    out["precision"] = "fp32" if mode == "reference" else precision
     return out
 
 
@@ -226,15 +255,17 @@ def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> 
 def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
-    for mode, features in TRAIN_MODES.items():
+    modes = TRAIN_MODES | (COMPILED_MODES if cfg.compile or device.type == "cuda" else {})
+    for mode, features in modes.items():
         log(f"measuring train ({mode}) on {cfg.model} ...")
         results[f"train_{mode}"] = _child("train", mode, cfg, features)
-    for mode in ("reference", "fast"):
-        log(f"measuring generate ({mode}) on {cfg.model} ...")
-        results[f"generate_{mode}"] = _child("generate", mode, cfg, TRAIN_MODES[mode])
+    for name, mode in GENERATE_MODES.items():
+        log(f"measuring generate ({name}) on {cfg.model} ...")
+        results[f"generate_{name}"] = _child("generate", mode, cfg, TRAIN_MODES["reference" if name == "reference"
+                                                                                else "fast"])
     if cfg.ablation:
         results["ablation"] = {}
-        for name, features in ABLATIONS.items():
+        for name, features in (ABLATIONS | (CUDA_ABLATIONS if device.type == "cuda" else {})).items():
             log(f"measuring train ({name}) on {cfg.model} ...")
             results["ablation"][name] = _child("train", name, cfg, features)
     results["peak_flops"] = matmul_peak(device)
@@ -268,6 +299,13 @@ def table(results: dict[str, Any]) -> str:
         return f"| {name} | {format(ref, fmt) if ref else '—'} | {format(fast, fmt)} | {ratio} |"
 
     budget = results["train_budget"]
+    compiled_rows = []
+    for key, extra in (("train_compiled", ""), ("train_budget_compiled", f", {budget['batch']} examples a step")):
+        if r := results.get(key):
+            compiled_rows.append(row(
+                f"train, fast path + packing{extra}, compiled (static shapes; compiling took {r['warmup_s']:.0f} s "
+                f"over {r['warmup_steps']} warmup steps): non-padding tokens/s", tr["tokens_per_s"], r["tokens_per_s"],
+                ",.0f"))
     title = (f"**{cfg['model']}** on {results['device']} ({tf['params'] / 1e6:.0f}M parameters, "
              f"mean length {tf['mean_len']:.0f} tokens, batch {cfg['batch_size']}; fast path {tf['precision']}, "
              f"{tf['allocator']} allocator)")
@@ -278,12 +316,21 @@ def table(results: dict[str, Any]) -> str:
                  tr["tokens_per_s"], results["train_packed"]["tokens_per_s"], ",.0f"),
              row(f"train, fast path + packing, {budget['batch']} examples a step: non-padding tokens/s",
                  tr["tokens_per_s"], budget["tokens_per_s"], ",.0f"),
+             *compiled_rows,
              row(f"train: MFU % (vs {peak_name})", tr["achieved_flops"] / peak * 100,
                  tf["achieved_flops"] / peak * 100, ".1f"),
              row("train: peak memory (GiB)", tr["peak_bytes"] / 2**30, tf["peak_bytes"] / 2**30, ".2f"),
              row("generate: tokens/s, batch 1", gr["batch1_tokens_per_s"], gf["batch1_tokens_per_s"], ",.1f"),
              row(f"generate: tokens/s, batch {cfg['gen_prompts']} (reference: one at a time)",
                  gr["batch1_tokens_per_s"], gf["batched_tokens_per_s"], ",.1f")]
+    for name, text in (("static", "static KV cache"), ("compiled", "static KV cache, compiled step")):
+        g = results.get(f"generate_{name}")
+        if g:
+            first = g["batch1_first_call_s"]
+            lines += [row(f"generate, {text}: tokens/s, batch 1 (first call {first:.1f} s)",
+                          gr["batch1_tokens_per_s"], g["batch1_tokens_per_s"], ",.1f"),
+                      row(f"generate, {text}: tokens/s, batch {cfg['gen_prompts']}", gr["batch1_tokens_per_s"],
+                          g["batched_tokens_per_s"], ",.1f")]
     if results.get("ablation"):
         lines += ["", f"Ablation ({cfg['model']}, batch {cfg['batch_size']}, no packing): the fast path with one "
                   "piece taken out.", "", "| training run | non-padding tokens/s | vs fast path |",

@@ -138,7 +138,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for model in args.model or ["random:gpt2"]:
         cfg = BenchConfig(model=model, data=args.data, batch_size=args.batch_size, steps=args.steps,
                           gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, device=args.device,
-                          pack_length=args.pack_length, budget_scale=args.budget_scale, ablation=args.ablation)
+                          pack_length=args.pack_length, budget_scale=args.budget_scale, ablation=args.ablation,
+                          compile=args.compile)
         results = run(cfg, log=lambda m: print(m, file=sys.stderr))
         sections.append(table(results))
         print(sections[-1] + "\n")
@@ -213,6 +214,8 @@ def register(sub: Any) -> None:
     p.add_argument("--budget-scale", type=int, default=4,
                    help="the larger-budget measurement packs this many batches into one step (4)")
     p.add_argument("--ablation", action="store_true", help="also measure the fast path with each piece taken out")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure compiled training with static shapes (always measured on CUDA)")
     p.add_argument("--gen-prompts", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--device", default="auto")

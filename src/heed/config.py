@@ -47,6 +47,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping after N evaluations without improvement; None = off
     min_delta: float = 0.0  # an improvement must lower validation loss by more than this
     clip: float | None = 1.0  # gradient-norm clipping; None = off
+    compile: bool = False  # torch.compile the model's body; batch shapes bucketed (data.batch.make_batch)
     warmup_steps: int = 0  # linear warmup steps
     schedule: str = "constant"  # learning-rate schedule after warmup: constant | cosine
     precision: str = "auto"  # auto (bf16 autocast where supported) | bf16 | fp32
@@ -70,6 +71,7 @@ class GenerateConfig:
     batch_size: int = 8  # prompts per generation batch
     seed: int = 123  # seed for sampling
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
+    cache: str = "dynamic"  # KV cache: dynamic | static | compiled (static + torch.compile; CUDA graphs on CUDA)
 
 
 @dataclass

@@ -15,7 +15,9 @@ from heed.config import GenerateConfig
 from heed.data.encode import eos_id, prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
+from heed.decode import DynamicDecoder, StaticDecoder
 from heed.device import autocast, resolve_precision
+from heed.errors import HeedError
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -41,15 +43,17 @@ def _next_token(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Gene
 @torch.no_grad()
 def generate_ids(
     model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, eos: int, cfg: GenerateConfig = GenerateConfig(),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, decoder: Any = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (EOS not included). One batch; call in chunks for more.
 
     Prompts are left-padded; position ids count only real tokens, so a row's result does not depend
-    on what else is in the batch.
+    on what else is in the batch. ``decoder`` (``heed.decode``) is made from ``cfg.cache`` when not given;
+    pass one to reuse a static cache and its compiled step across batches.
     """
     was_training = model.training
     model.eval()
+    decoder = decoder or make_decoder(model, cfg)
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -58,27 +62,33 @@ def generate_ids(
         ids[row, width - len(p):] = torch.tensor(list(p))
         mask[row, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]  # (B, 1): the last prompt token's position
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in prompts]
-    past = None
-    step_ids, step_pos = ids, positions
-    for _ in range(cfg.max_new_tokens):
-        result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
-                       use_cache=True)
-        past = result.past_key_values
-        token = _next_token(result.logits[:, -1, :].float(), cfg, generator)  # (B,)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        for row in (~finished & (token != eos)).nonzero().flatten().tolist():
-            out[row].append(int(token[row]))
-        finished |= token == eos
-        if bool(finished.all()):
-            break
-        step_ids = token[:, None]  # (B, 1)
-        step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones_like(step_ids)], dim=-1)
+    with decoder.running():
+        logits = decoder.prefill(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cfg.max_new_tokens)
+        for i in range(cfg.max_new_tokens):
+            token = _next_token(logits.float(), cfg, generator)  # (B,)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            for row in (~finished & (token != eos)).nonzero().flatten().tolist():
+                out[row].append(int(token[row]))
+            finished |= token == eos
+            if bool(finished.all()) or i == cfg.max_new_tokens - 1:
+                break
+            positions = positions + 1
+            logits = decoder.step(token[:, None], positions)
     model.train(was_training)
     return out
+
+
+def make_decoder(model: Any, cfg: GenerateConfig) -> Any:
+    """The KV cache ``cfg.cache`` names: ``dynamic`` (grows), ``static`` (preallocated, in place) or
+    ``compiled`` (static, with the one-token step compiled; CUDA graphs on CUDA)."""
+    if cfg.cache == "dynamic":
+        return DynamicDecoder(model)
+    if cfg.cache in ("static", "compiled"):
+        return StaticDecoder(model, compile=cfg.cache == "compiled")
+    raise HeedError(f"--cache {cfg.cache}: choose dynamic, static or compiled")
 
 
 def generate_responses(
@@ -96,11 +106,12 @@ def generate_responses(
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
     responses: list[str] = [""] * len(records)
+    decoder = make_decoder(model, cfg)  # one for all batches: a static cache and its compiled step are reused
     for start in range(0, len(order), cfg.batch_size):
         chunk = order[start:start + cfg.batch_size]
         with autocast(precision, device):
             new = generate_ids(model, [prompts[i] for i in chunk], pad_id=pad, eos=eos_id(tokenizer), cfg=cfg,
-                               generator=generator)
+                               generator=generator, decoder=decoder)
         for i, ids in zip(chunk, new):
             responses[i] = extract_response(tokenizer.decode(ids, skip_special_tokens=True), template)
         if progress:

@@ -10,6 +10,7 @@ written once, instead of once per chunk and again in backward.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -38,6 +39,24 @@ def _body_and_head(model: Any) -> tuple[Any, torch.nn.Linear, float | None] | No
     return inner.base_model, head, getattr(config, "final_logit_softcapping", None)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def compile_body(model: Any) -> Any:
+    """From now on ``loss_sum(model, ...)`` runs a compiled copy of what it calls (the body when the head
+    is computed here, else the whole model); the model itself stays eager, so generation is unaffected.
+
+    Compiled for static shapes: ``make_batch(static=True)`` keeps them few, and each (shape, grad mode)
+    compiles once, so the recompile limit is raised above torch's default of 8.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    parts = _body_and_head(model)
+    _COMPILED[model] = torch.compile(parts[0] if parts else model, dynamic=False)
+    return _COMPILED[model]
+
+
 def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
     """Summed cross-entropy over the supervised targets of a batch (targets are already shifted).
 
@@ -51,12 +70,13 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
     extra: dict[str, Any] = {"use_cache": False}
     if batch.position_ids is not None:
         extra["position_ids"] = batch.position_ids
+    compiled = _COMPILED.get(model)
     with autocast(precision, device):
         if parts is None:
-            logits = model(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
+            logits = (model if compiled is None else compiled)(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         body, head, softcap = parts
-        hidden = body(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
+        hidden = (body if compiled is None else compiled)(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
     dtype = torch.bfloat16 if precision == "bf16" else head.weight.dtype
     return linear_cross_entropy(hidden, head.weight, targets, softcap=softcap, dtype=dtype)
 

@@ -112,22 +112,28 @@ def pack_rows(examples: Sequence[Example], capacity: int) -> list[list[Example]]
     return rows
 
 
-def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
+def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, *, width: int | None = None,
+                   num_rows: int | None = None) -> Batch:
     """Padding-free batch: each row holds several examples back to back, shifted like ``collate``.
 
     ``position_ids`` restart at 0 for every example; the model builds from them an attention mask in
     which no token attends across an example boundary (Hugging Face's packed-sequence detection).
+    ``width`` and ``num_rows`` pad the batch to a fixed shape (rows of padding only; -100 targets).
 
     >>> from heed.data.encode import build_example
     >>> b = collate_packed([[build_example(0, [1, 2], [3, 9]), build_example(1, [4], [5, 9])]], pad_id=9)
     >>> b.inputs.tolist(), b.targets.tolist(), b.position_ids.tolist()
     ([[1, 2, 3, 4, 5]], [[-100, 3, 9, 5, 9]], [[0, 1, 2, 0, 1]])
     """
-    width = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)
-    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    lengths = torch.empty(len(rows), dtype=torch.long)
+    longest = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)
+    if width is not None and width < longest:
+        raise ValueError(f"collate_packed: a row holds {longest} positions, more than width {width}")
+    width = width or longest
+    count = max(num_rows or 0, len(rows))
+    inputs = torch.full((count, width), pad_id, dtype=torch.long)
+    targets = torch.full((count, width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.arange(width).repeat(count, 1)
+    lengths = torch.zeros(count, dtype=torch.long)
     for r, row in enumerate(rows):
         at = 0
         for example in row:
@@ -139,3 +145,22 @@ def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
         positions[r, at:] = torch.arange(width - at)  # trailing padding: a sequence of its own
         lengths[r] = at
     return Batch(inputs, targets, lengths, positions)
+
+
+BUCKET = 64  # static shapes (``--compile``): padded widths are multiples of this
+
+
+def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int | None = None,
+               static: bool = False) -> Batch:
+    """The batch a training step uses: padded (``collate``) or packed into rows of ``pack_capacity``.
+
+    ``static`` buckets the shape so a compiled model sees few of them: padded widths round up to a
+    multiple of 64; packed rows are always ``pack_capacity`` wide and their count rounds up to a power
+    of two. The extra positions are padding with -100 targets: the loss is unchanged.
+    """
+    if pack_capacity:
+        rows = pack_rows(examples, pack_capacity)
+        if not static:
+            return collate_packed(rows, pad_id)
+        return collate_packed(rows, pad_id, width=pack_capacity, num_rows=1 << (len(rows) - 1).bit_length())
+    return collate(examples, pad_id, pad_to_multiple_of=BUCKET if static else None)

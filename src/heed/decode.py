@@ -1,0 +1,158 @@
+"""One decoding step at a time, over a growing (dynamic) or preallocated (static) KV cache.
+
+``generate_ids`` drives either decoder the same way: ``prefill`` the left-padded prompts, then ``step``
+one token per row. The dynamic decoder grows the cache and the attention mask by concatenation; every
+step has new shapes. The static decoder preallocates both for ``bucket(prompt + new tokens)`` positions
+and writes into them in place, so every decoding step has the same shapes and the same tensor
+addresses — what ``torch.compile`` needs to compile the step once and, on CUDA, to replay it as a CUDA
+graph (``mode="reduce-overhead"``) instead of launching hundreds of small kernels per token.
+
+    positions   0  1  2  3  4  5  6  7      (bucket = 8)
+    row 0       .  p  p  p  n  n  _  _      p prompt, n new token, . left padding (mask 0),
+    row 1       p  p  p  p  n  n  _  _      _ not written yet (mask 0, causally invisible anyway)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+BUCKET = 64  # static caches are sized to a multiple of this, so nearby lengths share a compiled step
+
+
+def bucket(n: int, multiple: int = BUCKET) -> int:
+    return -(-n // multiple) * multiple
+
+
+class DynamicDecoder:
+    """Hugging Face's default cache: grows by concatenation; shapes change every step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """Held around one ``generate_ids`` call."""
+        return contextlib.nullcontext()
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                max_new_tokens: int) -> torch.Tensor:
+        self.mask, self.past = mask, None
+        return self._run(ids, positions)
+
+    def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(token)], dim=-1)
+        return self._run(token, positions)
+
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        result = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                            past_key_values=self.past, use_cache=True)
+        self.past = result.past_key_values
+        return result.logits[:, -1, :]
+
+
+class StaticDecoder:
+    """A preallocated cache and mask, written in place; the one-token step optionally compiled.
+
+    Keep one decoder per model and reuse it: a cache of the same batch size and length is reset, not
+    reallocated, so a compiled step (and its CUDA graph) is reused across batches.
+    """
+
+    def __init__(self, model: Any, *, compile: bool = False) -> None:
+        self.model, self.compile = model, compile
+        self.cache: Any = None
+        self.key: tuple[Any, ...] | None = None
+        self._step = _compiled(model) if compile else _forward(model)
+        self._copies: dict[int, torch.Tensor] = {}
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """Held around one ``generate_ids`` call: a compiled step under autocast gets its matmul weights
+        in the autocast dtype for the call (eager autocast caches its weight casts; a compiled graph
+        would redo them on every token)."""
+        device = next(self.model.parameters()).device
+        if not (self.compile and torch.is_autocast_enabled(device.type)):
+            return contextlib.nullcontext()
+        return matmul_weights(self.model, torch.get_autocast_dtype(device.type), self._copies)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                max_new_tokens: int) -> torch.Tensor:
+        from transformers import StaticCache
+
+        batch, width = ids.shape
+        length = bucket(width + max_new_tokens)
+        kind = ids.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        key = (batch, length, ids.device, dtype)
+        if key != self.key:
+            self.cache, self.key = StaticCache(config=self.model.config, max_cache_len=length), key
+        else:
+            self.cache.reset()
+        self.mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
+        self.mask[:, :width] = mask
+        self.at = width  # the cache position the next token is written to
+        return _forward(self.model)(ids, self.mask, positions, self.cache)  # prompts vary: never compiled
+
+    def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask[:, self.at] = 1
+        self.at += 1
+        if self.compile and token.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._step(token, self.mask, positions, self.cache)
+
+
+def _forward(model: Any) -> Any:
+    def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True)
+        return result.logits[:, -1, :]
+
+    return run
+
+
+def _compiled(model: Any) -> Any:
+    """The decoding step compiled once per (batch, cache length); CUDA graphs on CUDA."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    device = next(model.parameters()).device
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    step = torch.compile(_forward(model), mode=mode, dynamic=False, fullgraph=True)
+
+    def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        return step(ids, mask, positions, cache).clone()  # a CUDA graph's output is overwritten by its next replay
+
+    return run
+
+
+@contextlib.contextmanager
+def matmul_weights(model: Any, dtype: torch.dtype, copies: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Within the block, the weights of the model's matmul layers are ``dtype`` copies (kept in ``copies``,
+    made once); embeddings, norms and biases stay as they are, so under autocast the results are the
+    same. A head tied to the input embedding gets its own copy; the embedding keeps its weights."""
+    from transformers.pytorch_utils import Conv1D
+
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter, torch.Tensor | None]] = []
+    try:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(module, torch.nn.Linear | Conv1D) or weight is None or weight.dtype == dtype:
+                continue
+            copy = copies.get(id(weight))
+            if copy is None:
+                copy = copies[id(weight)] = weight.detach().to(dtype)
+            if id(weight) in embedded:  # tied: untie for the block
+                module.weight = torch.nn.Parameter(copy, requires_grad=False)
+                swapped.append((module, weight, None))
+            else:
+                swapped.append((module, weight, weight.data))
+                weight.data = copy
+        yield
+    finally:
+        for module, weight, data in reversed(swapped):
+            if data is None:
+                module.weight = weight
+            else:
+                weight.data = data

@@ -1,0 +1,59 @@
+"""Compiled training: bucketed static shapes, the same losses as eager, generation left eager."""
+
+import json
+
+import pytest
+import torch
+
+from heed.data.batch import BUCKET, collate, make_batch
+from heed.data.encode import IGNORE_INDEX
+from heed.loss import _COMPILED, compile_body, loss_sum
+from heed.model import load_model
+from heed.train import train
+from tests.test_train import CPU, examples, quiet, run_config
+
+
+def test_static_batches_are_bucketed_and_lose_nothing(tokenizer):
+    exs = examples(tokenizer)
+    padded = make_batch(exs, 50256, static=True)
+    assert padded.inputs.shape[1] % BUCKET == 0
+    plain = collate(exs, 50256)
+    assert padded.tokens == plain.tokens and padded.supervised_tokens == plain.supervised_tokens
+    packed = make_batch(exs[:3], 50256, pack_capacity=200, static=True)
+    loose = make_batch(exs[:3], 50256, pack_capacity=200)
+    rows = packed.inputs.shape[0]
+    assert packed.inputs.shape[1] == 200 and rows & (rows - 1) == 0 and rows >= loose.inputs.shape[0]
+    assert packed.tokens == loose.tokens and packed.supervised_tokens == loose.supervised_tokens
+    assert (packed.targets[loose.inputs.shape[0]:] == IGNORE_INDEX).all()  # padding rows train nothing
+    model = load_model("random:gpt2-tiny", seed=1)
+    with torch.no_grad():
+        for a, b in ((padded, plain), (packed, loose)):
+            assert torch.allclose(loss_sum(model, a, "fp32", CPU), loss_sum(model, b, "fp32", CPU), rtol=1e-5)
+
+
+def test_compiled_loss_matches_eager_and_model_stays_eager(tokenizer):
+    model = load_model("random:gpt2-tiny", seed=1)
+    batch = make_batch(examples(tokenizer), 50256, static=True)
+    eager = loss_sum(model, batch, "fp32", CPU)
+    compile_body(model)
+    assert model in _COMPILED
+    compiled = loss_sum(model, batch, "fp32", CPU)
+    assert torch.allclose(compiled, eager, rtol=1e-5)
+    compiled.backward()
+    assert model.transformer.h[0].mlp.c_fc.weight.grad is not None
+    assert not hasattr(model, "_orig_mod") and type(model).__name__ == "GPT2LMHeadModel"
+    assert all(not k.startswith("_orig_mod") for k in model.state_dict())  # saves as a plain model
+
+
+def test_compiled_training_run_matches_eager(data_file, tmp_path):
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / f"run-{compiled}"
+        runs[compiled] = train(run_config(data_file, out, compile=compiled, generate_test=True, max_new_tokens=4),
+                               log=quiet)
+    eager, compiled = ([m["val_loss"] for m in runs[c].metrics] for c in (False, True))
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    meta = json.loads((tmp_path / "run-True" / "heed.json").read_text())
+    assert meta["config"]["train"]["compile"] is True
+    responses = json.loads((tmp_path / "run-True" / "test-with-response.json").read_text())
+    assert all(isinstance(r["model_response"], str) for r in responses)

@@ -1,0 +1,110 @@
+"""Static and compiled KV caches must decode exactly what the dynamic cache decodes."""
+
+import pytest
+import torch
+
+from heed.config import GenerateConfig
+from heed.data.encode import prompt_ids
+from heed.data.templates import TEMPLATES
+from heed.decode import BUCKET, StaticDecoder, bucket
+from heed.generate import generate_ids, make_decoder
+from heed.model import load_model
+
+PROMPTS = ["Add 2 and 3.", "Write a long poem about the sea and the stars, with rhymes.", "Hi"]
+
+
+def _prompts(tokenizer):
+    return prompt_ids([TEMPLATES["alpaca"].prompt(p, "") for p in PROMPTS], tokenizer, TEMPLATES["alpaca"])
+
+
+def _tiny_gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=50256)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_bucket():
+    assert [bucket(n) for n in (1, BUCKET, BUCKET + 1)] == [BUCKET, BUCKET, 2 * BUCKET]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_static_cache_decodes_like_the_dynamic_cache(arch, tokenizer):
+    model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
+    ps = _prompts(tokenizer)
+    assert len({len(p) for p in ps}) == 3  # left padding in play; Gemma's 16-token window is exceeded
+    run = {}
+    for cache in ("dynamic", "static"):
+        cfg = GenerateConfig(max_new_tokens=20, cache=cache)
+        run[cache] = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg)
+    assert run["static"] == run["dynamic"]
+    assert all(len(r) == 20 for r in run["static"])
+
+
+def test_static_decoder_is_reused_across_batches(tokenizer):
+    model = load_model("random:gpt2-tiny", seed=3)
+    ps = _prompts(tokenizer)
+    decoder = make_decoder(model, GenerateConfig(cache="static"))
+    cfg = GenerateConfig(max_new_tokens=8)
+    first = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    cache = decoder.cache
+    again = generate_ids(model, ps[::-1], pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    assert decoder.cache is cache  # same shape: reset, not reallocated
+    assert again == first[::-1]  # and nothing of the first batch leaks into the second
+    generate_ids(model, ps[:1], pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    assert decoder.cache is not cache  # another batch size: a new cache
+
+
+def test_compiled_step_decodes_like_the_dynamic_cache(tokenizer):
+    model = load_model("random:gpt2-tiny", seed=3)
+    ps = _prompts(tokenizer)
+    cfg = GenerateConfig(max_new_tokens=6)
+    dynamic = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg)
+    decoder = make_decoder(model, GenerateConfig(cache="compiled"))
+    assert isinstance(decoder, StaticDecoder) and decoder.compile
+    assert generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg, decoder=decoder) == dynamic
+
+
+def test_unknown_cache_is_a_one_line_error():
+    from heed.errors import HeedError
+
+    with pytest.raises(HeedError, match="--cache paged: choose dynamic, static or compiled"):
+        make_decoder(load_model("random:gpt2-tiny"), GenerateConfig(cache="paged"))
+
+
+def test_matmul_weights_same_logits_under_autocast_and_model_restored():
+    from heed.decode import matmul_weights
+
+    model = load_model("random:gpt2-tiny", seed=3).eval()
+    head, wte = model.get_output_embeddings(), model.get_input_embeddings()
+    params = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    ids = torch.randint(0, 50257, (2, 9))
+    copies: dict = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=ids).logits
+        with matmul_weights(model, torch.bfloat16, copies):
+            assert head.weight.dtype == torch.bfloat16 and head.weight is not wte.weight
+            assert wte.weight.dtype == torch.float32  # the embedding keeps its weights
+            assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+            got = model(input_ids=ids).logits
+    assert torch.equal(got, expected)
+    assert copies  # made once, kept for the next call
+    assert head.weight is wte.weight  # tied again
+    for name, p in model.named_parameters():
+        original, values = params[name]
+        assert p is original and p.dtype == torch.float32 and torch.equal(p, values), name
+
+
+def test_compiled_step_under_bf16_autocast_decodes_like_eager(tokenizer):
+    model = load_model("random:gpt2-tiny", seed=3)
+    ps = _prompts(tokenizer)
+    cfg = GenerateConfig(max_new_tokens=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg)
+        compiled = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg,
+                                decoder=make_decoder(model, GenerateConfig(cache="compiled")))
+    assert compiled == eager
+    assert all(p.dtype == torch.float32 for p in model.parameters())
