@@ -102,6 +102,9 @@ def test_cli_train_then_generate_end_to_end(tmp_path, capsys):
     assert main(["generate", "--model", str(out), "--instruction", "Add 2 and 3.", "--max-new-tokens", "6"]) == 0
     one = capsys.readouterr().out.strip()
     assert one == written[0]["model_response"]
+    assert main(["generate", "--model", str(out), "--instruction", "Add 2 and 3.", "--max-new-tokens", "6",
+                 "--cache", "static"]) == 0
+    assert capsys.readouterr().out.strip() == one  # the static cache decodes the same
 
 
 def test_cli_errors(tmp_path, capsys):

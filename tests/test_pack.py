@@ -71,7 +71,8 @@ def test_packed_train_step_respects_capacity_and_matches_padded_gradients(tokeni
         model = load_model("random:gpt2-tiny", seed=3)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        opt.step = lambda model=model: grads.append(model.transformer.h[0].mlp.c_fc.weight.grad.clone())
+        opt.register_step_pre_hook(
+            lambda *_, model=model: grads.append(model.transformer.h[0].mlp.c_fc.weight.grad.clone()))
         train_step(model, opt, sched, examples, grad_accum=1, pad_id=50256, clip=None, precision="fp32",
                    device=torch.device("cpu"), pack_capacity=capacity)
     packed = seen[-1]
