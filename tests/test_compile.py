@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from heed.data.batch import BUCKET, collate, make_batch
+from heed.data.batch import BUCKET, collate, make_batch, row_bucket
 from heed.data.encode import IGNORE_INDEX
 from heed.loss import _COMPILED, compile_body, loss_sum
 from heed.model import load_model
@@ -22,13 +22,20 @@ def test_static_batches_are_bucketed_and_lose_nothing(tokenizer):
     packed = make_batch(exs[:3], 50256, pack_capacity=200, static=True)
     loose = make_batch(exs[:3], 50256, pack_capacity=200)
     rows = packed.inputs.shape[0]
-    assert packed.inputs.shape[1] == 200 and rows & (rows - 1) == 0 and rows >= loose.inputs.shape[0]
+    assert packed.inputs.shape[1] == 200 and rows == row_bucket(loose.inputs.shape[0])
     assert packed.tokens == loose.tokens and packed.supervised_tokens == loose.supervised_tokens
     assert (packed.targets[loose.inputs.shape[0]:] == IGNORE_INDEX).all()  # padding rows train nothing
     model = load_model("random:gpt2-tiny", seed=1)
     with torch.no_grad():
         for a, b in ((padded, plain), (packed, loose)):
             assert torch.allclose(loss_sum(model, a, "fp32", CPU), loss_sum(model, b, "fp32", CPU), rtol=1e-5)
+
+
+def test_row_buckets_are_few_and_tight():
+    assert [row_bucket(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert row_bucket(17) == 24 and row_bucket(25) == 32 and row_bucket(33) == 48
+    assert all(n <= row_bucket(n) and (row_bucket(n) - n) * 3 < row_bucket(n) for n in range(1, 500))
+    assert len({row_bucket(n) for n in range(1, 1025)}) == 20
 
 
 def test_compiled_loss_matches_eager_and_model_stays_eager(tokenizer):

@@ -57,7 +57,8 @@ class StaticDecoder:
     """A preallocated cache and mask, written in place; the one-token step optionally compiled.
 
     Keep one decoder per model and reuse it: a cache of the same batch size and length is reset, not
-    reallocated, so a compiled step (and its CUDA graph) is reused across batches.
+    reallocated, so a compiled step (and its CUDA graph) is reused across batches. A compiled decoder
+    keeps low-precision copies of the weights: make a new one after the weights change (training).
     """
 
     def __init__(self, model: Any, *, compile: bool = False) -> None:
@@ -87,6 +88,7 @@ class StaticDecoder:
         key = (batch, length, ids.device, dtype)
         if key != self.key:
             self.cache, self.key = StaticCache(config=self.model.config, max_cache_len=length), key
+            _one_dtype(self.cache)
         else:
             self.cache.reset()
         self.mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
@@ -100,6 +102,18 @@ class StaticDecoder:
         if self.compile and token.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         return self._step(token, self.mask, positions, self.cache)
+
+
+def _one_dtype(cache: Any) -> None:
+    """Store values in the keys' dtype. A static layer allocates both in the dtype of the first keys, but
+    under autocast they can differ (Gemma 3's rotary embedding leaves keys fp32, values come out of a
+    bf16 matmul). Lossless: attention under autocast casts both to bf16 again."""
+    for layer in cache.layers:
+        def update(keys: torch.Tensor, values: torch.Tensor, *args: Any, _update: Any = layer.update,
+                   **kwargs: Any) -> Any:
+            return _update(keys, values.to(keys.dtype), *args, **kwargs)
+
+        layer.update = update
 
 
 def _forward(model: Any) -> Any:

@@ -155,12 +155,20 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int |
     """The batch a training step uses: padded (``collate``) or packed into rows of ``pack_capacity``.
 
     ``static`` buckets the shape so a compiled model sees few of them: padded widths round up to a
-    multiple of 64; packed rows are always ``pack_capacity`` wide and their count rounds up to a power
-    of two. The extra positions are padding with -100 targets: the loss is unchanged.
+    multiple of 64; packed rows are always ``pack_capacity`` wide and their count rounds up to the next
+    of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (``row_bucket``). The extra positions are padding with -100
+    targets: the loss is unchanged.
     """
     if pack_capacity:
         rows = pack_rows(examples, pack_capacity)
         if not static:
             return collate_packed(rows, pad_id)
-        return collate_packed(rows, pad_id, width=pack_capacity, num_rows=1 << (len(rows) - 1).bit_length())
+        return collate_packed(rows, pad_id, width=pack_capacity, num_rows=row_bucket(len(rows)))
     return collate(examples, pad_id, pad_to_multiple_of=BUCKET if static else None)
+
+
+def row_bucket(n: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them) that is ≥ n:
+    a logarithmic number of shapes, at most a third of the rows padding."""
+    power = 1 << max(0, (n - 1).bit_length() - 1)  # the largest power of two below n (1 for n <= 2)
+    return n if n <= 2 else (power * 3 // 2 if n <= power * 3 // 2 else power * 2)
