@@ -31,6 +31,14 @@ def test_static_batches_are_bucketed_and_lose_nothing(tokenizer):
             assert torch.allclose(loss_sum(model, a, "fp32", CPU), loss_sum(model, b, "fp32", CPU), rtol=1e-5)
 
 
+def test_static_packing_handles_an_example_longer_than_a_row(tokenizer):
+    exs = examples(tokenizer)
+    longest = max(len(e.input_ids) - 1 for e in exs)
+    batch = make_batch(exs, 50256, pack_capacity=longest - 5, static=True)
+    assert batch.inputs.shape[1] == -(-longest // BUCKET) * BUCKET
+    assert batch.tokens == sum(len(e.input_ids) - 1 for e in exs)
+
+
 def test_row_buckets_are_few_and_tight():
     assert [row_bucket(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
     assert row_bucket(17) == 24 and row_bucket(25) == 32 and row_bucket(33) == 48

@@ -61,14 +61,17 @@ def test_static_decoder_is_reused_across_batches(tokenizer):
     assert decoder.cache is not cache  # another batch size: a new cache
 
 
-def test_compiled_step_decodes_like_the_dynamic_cache(tokenizer):
-    model = load_model("random:gpt2-tiny", seed=3)
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_compiled_step_decodes_like_the_dynamic_cache(arch, tokenizer):
+    """In fp32 the compiled step is token-exact, past Gemma's full sliding window (16 positions)."""
+    model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
     ps = _prompts(tokenizer)
-    cfg = GenerateConfig(max_new_tokens=6)
+    cfg = GenerateConfig(max_new_tokens=24)
     dynamic = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg)
     decoder = make_decoder(model, GenerateConfig(cache="compiled"))
     assert isinstance(decoder, StaticDecoder) and decoder.compile
     assert generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg, decoder=decoder) == dynamic
+    assert generate_ids(model, ps[:1], pad_id=50256, eos=-1, cfg=cfg, decoder=decoder) == dynamic[:1]
 
 
 def test_unknown_cache_is_a_one_line_error():
@@ -102,13 +105,23 @@ def test_matmul_weights_same_logits_under_autocast_and_model_restored():
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
-def test_compiled_step_under_bf16_autocast_decodes_like_eager(arch, tokenizer):
+def test_compiled_step_under_bf16_autocast_matches_eager_logits(arch, tokenizer):
+    """Under bf16 the compiled step rounds differently (inductor keeps fused intermediates in fp32), so
+    near-tied greedy tokens may differ: compare one step's logits, and the model must come back fp32."""
     model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
+    model.eval()
     ps = _prompts(tokenizer)
-    cfg = GenerateConfig(max_new_tokens=5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        eager = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg)
-        compiled = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg,
-                                decoder=make_decoder(model, GenerateConfig(cache="compiled")))
-    assert compiled == eager
+    ids = torch.full((3, max(map(len, ps))), 50256)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(ps):
+        ids[row, ids.shape[1] - len(p):], mask[row, ids.shape[1] - len(p):] = torch.tensor(p), 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    token, step_pos = torch.tensor([[11], [12], [13]]), positions[:, -1:] + 1
+    logits = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, decoder in (("eager", StaticDecoder(model)), ("compiled", StaticDecoder(model, compile=True))):
+            with decoder.running():
+                decoder.prefill(ids, mask, positions, 8)
+                logits[name] = decoder.step(token, step_pos).float()
+    assert torch.allclose(logits["compiled"], logits["eager"], atol=0.008, rtol=0)  # 2 bf16 ulps at |logit| < 1
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -35,8 +35,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 autocast on CUDA and bf16-capable CPUs, fp32 weights (auto)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model with batch shapes bucketed (widths to multiples of 64; with --pack, "
-                   "full rows, row counts to powers of two), so it compiles a few times, not every step; for CUDA "
-                   "(on a 2-core CPU it measured no faster)")
+                   "full rows, row counts bucketed), so it compiles a few times, not every step; compiling takes "
+                   "seconds to a minute up front (see BENCHMARKS.md for what it gains)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed ({d.seed})")
     g.add_argument("--no-shuffle", action="store_true", help="keep the training order fixed")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (auto)")

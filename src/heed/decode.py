@@ -132,7 +132,7 @@ def _compiled(model: Any) -> Any:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     device = next(model.parameters()).device
     mode = "reduce-overhead" if device.type == "cuda" else None
-    step = torch.compile(_forward(model), mode=mode, dynamic=False, fullgraph=True)
+    step = torch.compile(_forward(model), mode=mode, fullgraph=True)
 
     def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         return step(ids, mask, positions, cache).clone()  # a CUDA graph's output is overwritten by its next replay

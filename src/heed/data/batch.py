@@ -155,7 +155,8 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int |
     """The batch a training step uses: padded (``collate``) or packed into rows of ``pack_capacity``.
 
     ``static`` buckets the shape so a compiled model sees few of them: padded widths round up to a
-    multiple of 64; packed rows are always ``pack_capacity`` wide and their count rounds up to the next
+    multiple of 64; packed rows are ``pack_capacity`` wide (an example longer than that gets a row of
+    its own, rounded up to a multiple of 64) and their count rounds up to the next
     of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (``row_bucket``). The extra positions are padding with -100
     targets: the loss is unchanged.
     """
@@ -163,7 +164,9 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int |
         rows = pack_rows(examples, pack_capacity)
         if not static:
             return collate_packed(rows, pad_id)
-        return collate_packed(rows, pad_id, width=pack_capacity, num_rows=row_bucket(len(rows)))
+        longest = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)  # > capacity: one long example
+        width = max(pack_capacity, -(-longest // BUCKET) * BUCKET)
+        return collate_packed(rows, pad_id, width=width, num_rows=row_bucket(len(rows)))
     return collate(examples, pad_id, pad_to_multiple_of=BUCKET if static else None)
 
 
