@@ -1,14 +1,16 @@
 """``heed bench``: heed's fast path against the original design's loop, same model, data and run.
 
 Reference loop (what the original design does): fp32, batches padded to their longest example,
-logits for every position and the full vocabulary, PyTorch's default AdamW (on a CPU its per-parameter
-loop; on CUDA its foreach kernels), no gradient clipping,
-the system allocator, the model's activations as written; generation one sequence at a time,
+logits for every position and the full vocabulary, PyTorch's default AdamW (on a CPU its
+per-parameter loop; on CUDA its foreach kernels), no gradient clipping, the system allocator, the
+model's activations as written, IEEE fp32 matmuls on CUDA; generation one sequence at a time,
 recomputing the whole sequence for every new token (no KV cache).
-Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it, logits
-and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping at 1.0 (heed's
-default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs (``heed.allocator``), fused GELU; optionally packing
-(``--pack``) and a larger token budget per step; batched generation with a KV cache under bf16.
+Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
+logits and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping
+at 1.0 (heed's default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs
+(``heed.allocator``), fused GELU, TF32 on CUDA; optionally packing (``--pack``), a larger token
+budget per step and ``torch.compile`` with static shapes; batched generation with a KV cache under
+bf16 (dynamic, static, or static with a compiled step).
 
 Each measurement runs in its own process (its own allocator and peak memory). Model FLOPs per trained
 token: 6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is

@@ -53,7 +53,7 @@ def generate_ids(
     """
     was_training = model.training
     model.eval()
-    decoder = decoder or make_decoder(model, cfg)
+    decoder = make_decoder(model, cfg) if decoder is None else decoder
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -62,11 +62,12 @@ def generate_ids(
         ids[row, width - len(p):] = torch.tensor(list(p))
         mask[row, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]  # (B, 1): the last prompt token's position
+    prompt_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    positions = prompt_positions[:, -1:]  # (B, 1): the last prompt token's; +1 for each new token
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in prompts]
     with decoder.running():
-        logits = decoder.prefill(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cfg.max_new_tokens)
+        logits = decoder.prefill(ids, mask, prompt_positions, cfg.max_new_tokens)
         for i in range(cfg.max_new_tokens):
             token = _next_token(logits.float(), cfg, generator)  # (B,)
             token = torch.where(finished, torch.full_like(token, pad_id), token)

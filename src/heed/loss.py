@@ -70,13 +70,13 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
     extra: dict[str, Any] = {"use_cache": False}
     if batch.position_ids is not None:
         extra["position_ids"] = batch.position_ids
-    compiled = _COMPILED.get(model)
+    forward = _COMPILED.get(model, model if parts is None else parts[0])  # compiled by compile_body, or as is
     with autocast(precision, device):
         if parts is None:
-            logits = (model if compiled is None else compiled)(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
+            logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
-        body, head, softcap = parts
-        hidden = (body if compiled is None else compiled)(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
+        _, head, softcap = parts
+        hidden = forward(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
     dtype = torch.bfloat16 if precision == "bf16" else head.weight.dtype
     return linear_cross_entropy(hidden, head.weight, targets, softcap=softcap, dtype=dtype)
 
