@@ -20,11 +20,14 @@ from typing import Any
 
 import torch
 
+from heed.data.batch import round_up
+from heed.device import allow_recompiles
+
 BUCKET = 64  # static caches are sized to a multiple of this, so nearby lengths share a compiled step
 
 
-def bucket(n: int, multiple: int = BUCKET) -> int:
-    return -(-n // multiple) * multiple
+def bucket(n: int) -> int:
+    return round_up(n, BUCKET)
 
 
 class DynamicDecoder:
@@ -65,7 +68,8 @@ class StaticDecoder:
         self.model, self.compile = model, compile
         self.cache: Any = None
         self.key: tuple[Any, ...] | None = None
-        self._step = _compiled(model) if compile else _forward(model)
+        self._eager = _forward(model)
+        self._step = _compiled(model) if compile else self._eager
         self._copies: dict[int, torch.Tensor] = {}
 
     def running(self) -> contextlib.AbstractContextManager:
@@ -94,7 +98,7 @@ class StaticDecoder:
         self.mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
         self.mask[:, :width] = mask
         self.at = width  # the cache position the next token is written to
-        return _forward(self.model)(ids, self.mask, positions, self.cache)  # prompts vary: never compiled
+        return self._eager(ids, self.mask, positions, self.cache)  # prompts vary: never compiled
 
     def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.mask[:, self.at] = 1
@@ -127,9 +131,7 @@ def _forward(model: Any) -> Any:
 
 def _compiled(model: Any) -> Any:
     """The decoding step compiled once per (batch, cache length); CUDA graphs on CUDA."""
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    allow_recompiles()
     device = next(model.parameters()).device
     mode = "reduce-overhead" if device.type == "cuda" else None
     step = torch.compile(_forward(model), mode=mode, fullgraph=True)

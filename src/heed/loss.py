@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from heed.data.batch import Batch
 from heed.data.encode import IGNORE_INDEX
-from heed.device import autocast
+from heed.device import allow_recompiles, autocast
 from heed.lora import is_adapted
 
 # Architectures whose logits are exactly ``lm_head(last_hidden_state)`` (Gemma's optional soft-capping
@@ -47,11 +47,9 @@ def compile_body(model: Any) -> Any:
     is computed here, else the whole model); the model itself stays eager, so generation is unaffected.
 
     Compiled for static shapes: ``make_batch(static=True)`` keeps them few, and each (shape, grad mode)
-    compiles once, so the recompile limit is raised above torch's default of 8.
+    compiles once (``allow_recompiles``).
     """
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    allow_recompiles()
     parts = _body_and_head(model)
     _COMPILED[model] = torch.compile(parts[0] if parts else model, dynamic=False)
     return _COMPILED[model]

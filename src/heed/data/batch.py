@@ -63,7 +63,7 @@ def collate(
         raise ValueError("collate needs at least one example")
     width = max(len(e.input_ids) for e in examples) - 1
     if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        width = round_up(width, pad_to_multiple_of)
     inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     lengths = torch.empty(len(examples), dtype=torch.long)
@@ -112,13 +112,18 @@ def pack_rows(examples: Sequence[Example], capacity: int) -> list[list[Example]]
     return rows
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, *, width: int | None = None,
-                   num_rows: int | None = None) -> Batch:
+                   multiple: int | None = None, num_rows: int | None = None) -> Batch:
     """Padding-free batch: each row holds several examples back to back, shifted like ``collate``.
 
     ``position_ids`` restart at 0 for every example; the model builds from them an attention mask in
     which no token attends across an example boundary (Hugging Face's packed-sequence detection).
-    ``width`` and ``num_rows`` pad the batch to a fixed shape (rows of padding only; -100 targets).
+    ``width`` (at least; a longer row widens the batch, rounded up to ``multiple``) and ``num_rows`` pad
+    the batch to a fixed shape (positions of padding and rows of padding only; -100 targets).
 
     >>> from heed.data.encode import build_example
     >>> b = collate_packed([[build_example(0, [1, 2], [3, 9]), build_example(1, [4], [5, 9])]], pad_id=9)
@@ -126,9 +131,7 @@ def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, *, width: int
     ([[1, 2, 3, 4, 5]], [[-100, 3, 9, 5, 9]], [[0, 1, 2, 0, 1]])
     """
     longest = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)
-    if width is not None and width < longest:
-        raise ValueError(f"collate_packed: a row holds {longest} positions, more than width {width}")
-    width = width or longest
+    width = max(width or 0, round_up(longest, multiple) if multiple else longest)
     count = max(num_rows or 0, len(rows))
     inputs = torch.full((count, width), pad_id, dtype=torch.long)
     targets = torch.full((count, width), IGNORE_INDEX, dtype=torch.long)
@@ -164,9 +167,7 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int |
         rows = pack_rows(examples, pack_capacity)
         if not static:
             return collate_packed(rows, pad_id)
-        longest = max(sum(len(e.input_ids) - 1 for e in row) for row in rows)  # > capacity: one long example
-        width = max(pack_capacity, -(-longest // BUCKET) * BUCKET)
-        return collate_packed(rows, pad_id, width=width, num_rows=row_bucket(len(rows)))
+        return collate_packed(rows, pad_id, width=pack_capacity, multiple=BUCKET, num_rows=row_bucket(len(rows)))
     return collate(examples, pad_id, pad_to_multiple_of=BUCKET if static else None)
 
 
