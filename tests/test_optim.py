@@ -53,3 +53,15 @@ def test_no_clip_is_a_plain_step():
     ref_opt.step()
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.equal(a, b)
+
+
+def test_grad_norm_matches_torch():
+    # fp32 CPU gradients (the BLAS dot path), a non-contiguous one (torch's kernels), and no gradient at all.
+    model = _model_with_grads(3.0)
+    params = list(model.parameters())
+    expected = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert float(grad_norm(params)) == pytest.approx(float(expected), rel=1e-6)
+    params[0].grad = params[0].grad.t().contiguous().t()  # same values, not contiguous
+    assert float(grad_norm(params)) == pytest.approx(float(expected), rel=1e-6)
+    extra = torch.nn.Parameter(torch.ones(3))
+    assert float(grad_norm([*params, extra])) == pytest.approx(float(expected), rel=1e-6)

@@ -8,7 +8,8 @@ recomputing the whole sequence for every new token (no KV cache).
 Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
 logits and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping
 at 1.0 (heed's default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs
-(``heed.allocator``), fused GELU, TF32 on CUDA; optionally packing (``--pack``), a larger token
+(``heed.allocator``), fused GELU, short rows' attention written out on CPUs (``heed.attention``),
+the tied embedding's gradient written once (``heed.loss``), TF32 on CUDA; optionally packing (``--pack``), a larger token
 budget per step and ``torch.compile`` with static shapes; batched generation with a KV cache under
 bf16 (dynamic, static, or static with a compiled step).
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from heed import allocator
+from heed.attention import use_short_attention
 from heed.config import GenerateConfig
 from heed.data.batch import make_batch
 from heed.data.encode import encode_records, prompt_ids
@@ -41,8 +43,9 @@ from heed.data.tasks import make_tasks
 from heed.data.templates import get_template
 from heed.device import autocast, choose_device, enable_tf32, resolve_precision
 from heed.generate import generate_ids, make_decoder
+from heed import loss as loss_module
 from heed.loss import compile_body, loss_sum
-from heed.model import load_model, load_tokenizer
+from heed.model import fuse_activations, load_model, load_tokenizer
 from heed.optim import clipped_step, make_optimizer
 
 H100_BF16_PEAK = 989e12
@@ -96,11 +99,12 @@ def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
 FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
-        "allocator": "mimalloc", "fused_act": True, "tf32": True, "pack": False, "budget": False, "compile": False}
+        "allocator": "mimalloc", "fused_act": True, "short_attn": True, "tied_lookup": True, "tf32": True,
+        "pack": False, "budget": False, "compile": False}
 TRAIN_MODES: dict[str, dict[str, Any]] = {
     "reference": {"precision": "fp32", "head": "full", "optimizer": "default", "clip": None, "fold_clip": False,
-                  "allocator": "system", "fused_act": False, "tf32": False, "pack": False, "budget": False,
-                  "compile": False},
+                  "allocator": "system", "fused_act": False, "short_attn": False, "tied_lookup": False,
+                  "tf32": False, "pack": False, "budget": False, "compile": False},
     "fast": FAST,
     "packed": FAST | {"pack": True},
     "budget": FAST | {"pack": True, "budget": True},  # BenchConfig.budget_scale batches a step
@@ -118,6 +122,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "fast, clipping as a separate pass": FAST | {"fold_clip": False},
     "fast, fp32": FAST | {"precision": "fp32"},
     "fast, GELU as written": FAST | {"fused_act": False},
+    "fast, SDPA's kernel for short rows": FAST | {"short_attn": False},
+    "fast, tied embedding's gradient as autograd's": FAST | {"tied_lookup": False},
 }
 CUDA_ABLATIONS = {"fast, IEEE fp32 where autocast leaves fp32 (no TF32)": FAST | {"tf32": False}}
 
@@ -128,7 +134,12 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
         enable_tf32(features["tf32"])  # the reference runs in IEEE fp32, as PyTorch does by default
     tokenizer = load_tokenizer(cfg.model)
     examples = _examples(cfg, tokenizer)
-    model = load_model(cfg.model, fast=features["fused_act"]).to(device).train()
+    model = load_model(cfg.model, fast=False).to(device).train()
+    if features["fused_act"]:
+        fuse_activations(model)
+    if features["short_attn"]:
+        use_short_attention(model)
+    loss_module.TIED_LOOKUP = features["tied_lookup"]  # this process measures one set of features
     precision = resolve_precision(features["precision"], device)
     params = list(model.parameters())
     optimizer = (make_optimizer(params, 1e-5, 0.1) if features["optimizer"] == "fused"

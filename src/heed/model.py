@@ -210,8 +210,9 @@ def read_meta(spec: str) -> dict[str, Any]:
 def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: bool = True) -> Any:
     """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode.
 
-    ``fast`` swaps slow activation modules for fused equivalents (``fuse_activations``); False keeps
-    the model's modules as written (the benchmark's reference loop).
+    ``fast`` swaps slow activation modules for fused equivalents (``fuse_activations``) and SDPA for
+    attention written out over short rows on the CPU (``heed.attention``); False keeps the model as
+    written (the benchmark's reference loop).
     """
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
@@ -224,10 +225,18 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: bool = Tr
     if spec.startswith("random:"):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
-        return (fuse_activations(model) if fast else model).eval()
+        return (speed_up(model) if fast else model).eval()
     target = resolve(spec)
     model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
-    return (fuse_activations(model) if fast else model).eval()
+    return (speed_up(model) if fast else model).eval()
+
+
+def speed_up(model: Any) -> Any:
+    """heed's module-level fast paths: fused activations and short-row attention. The saved model is
+    unaffected by either."""
+    from heed.attention import use_short_attention
+
+    return use_short_attention(fuse_activations(model))
 
 
 def fuse_activations(model: Any) -> Any:

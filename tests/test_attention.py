@@ -1,0 +1,111 @@
+"""Short-row attention on the CPU (``heed.attention``): the same function as SDPA, where it is used."""
+
+import json
+
+import pytest
+import torch
+
+import heed.attention as attention
+from heed.attention import NAME, use_short_attention
+from heed.model import load_model
+
+
+def _gemma():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+    return Gemma3ForCausalLM(config)
+
+
+def _gpt2():
+    return load_model("random:gpt2-tiny", seed=3, fast=False)
+
+
+def _count_sdpa(monkeypatch):
+    calls = []
+    real = attention._sdpa()
+    monkeypatch.setattr(attention, "_sdpa", lambda: lambda *a, **k: (calls.append(a[1].shape), real(*a, **k))[1])
+    return calls
+
+
+def _logits_and_grads(model, ids, mask):
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    (logits[mask.bool()].float() ** 2).mean().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("build", [_gpt2, _gemma])  # plain heads; grouped-query heads with a sliding window
+def test_same_outputs_and_gradients_as_sdpa(build, monkeypatch):
+    model = build().train()
+    torch.manual_seed(1)
+    ids = torch.randint(1, 500, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0  # right padding
+    expected, expected_grads = _logits_and_grads(model, ids, mask)
+    assert model.config._attn_implementation == "sdpa"
+    use_short_attention(model)
+    assert model.config._attn_implementation == NAME
+    calls = _count_sdpa(monkeypatch)
+    logits, grads = _logits_and_grads(model, ids, mask)
+    assert calls == [], "40-token rows are written out"
+    keep = mask.bool()
+    torch.testing.assert_close(logits[keep], expected[keep], rtol=1e-5, atol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_stays_close_to_fp32():
+    model = use_short_attention(_gemma().eval())
+    ids = torch.randint(1, 500, (2, 60))
+    with torch.no_grad():
+        exact = model(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(input_ids=ids).logits.float()
+    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_long_rows_decoding_and_wide_heads_go_to_sdpa(monkeypatch):
+    model = use_short_attention(_gpt2().eval())
+    calls = _count_sdpa(monkeypatch)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 50000, (1, attention.SHORT + 1)))
+    assert len(calls) == 2  # both layers: the row is too long
+    calls.clear()
+    with torch.no_grad():
+        out = model(input_ids=torch.randint(0, 50000, (1, 10)), use_cache=True)
+        model(input_ids=torch.tensor([[5]]), past_key_values=out.past_key_values, use_cache=True)
+    assert [shape[2] for shape in calls] == [1, 1]  # the prompt is written out, the one-token step is not
+    calls.clear()
+    monkeypatch.setattr(attention, "WIDEST_HEAD", 16)  # gpt2-tiny's heads are 32 wide
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 50000, (1, 10)))
+    assert len(calls) == 2
+
+
+def test_greedy_generation_unchanged_and_left_padding_gives_no_nan():
+    from heed.config import GenerateConfig
+    from heed.generate import generate_ids
+
+    plain, fast = _gpt2(), use_short_attention(_gpt2())
+    prompts = [[464, 3290, 318], [40, 1101, 257, 3797, 11, 340, 318, 257]]  # left-padded together
+    with torch.no_grad():
+        logits = fast(input_ids=torch.tensor([[50256] * 5 + prompts[0]]),
+                      attention_mask=torch.tensor([[0] * 5 + [1] * 3])).logits
+    assert torch.isfinite(logits).all()
+    cfg = GenerateConfig(max_new_tokens=8)
+    a = generate_ids(plain, prompts, pad_id=50256, eos=-1, cfg=cfg)
+    b = generate_ids(fast, prompts, pad_id=50256, eos=-1, cfg=cfg)
+    assert a == b and all(len(x) == 8 for x in a)
+
+
+def test_fast_models_use_it_and_the_saved_config_does_not(tmp_path):
+    assert load_model("random:gpt2-tiny").config._attn_implementation == NAME
+    assert load_model("random:gpt2-tiny", fast=False).config._attn_implementation == "sdpa"
+    load_model("random:gpt2-tiny").save_pretrained(tmp_path)
+    assert NAME not in (tmp_path / "config.json").read_text()
+    assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
