@@ -54,8 +54,8 @@ def short_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     groups = heads // kv_heads
     # Grouped-query attention without copying keys: the query heads that share a key head become rows.
     q = query.reshape(batch, kv_heads, groups * q_len, head_dim)
-    # Scores in fp32 from the (bf16) queries and keys: rounding them to bf16 would cost precision in the softmax.
-    scores = torch.matmul(q.float(), key.float().transpose(-1, -2)).view(batch, heads, q_len, kv_len).mul_(scale)
+    # Scores in fp32 from the (bf16) queries and keys: bf16 scores would round the softmax's inputs.
+    scores = torch.matmul(q.float(), key.float().transpose(-1, -2)).mul_(scale).view(batch, heads, q_len, kv_len)
     if attention_mask is None:
         if is_causal if is_causal is not None else getattr(module, "is_causal", True):
             causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()

@@ -9,9 +9,9 @@ Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the 
 logits and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping
 at 1.0 (heed's default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs
 (``heed.allocator``), fused GELU, short rows' attention written out on CPUs (``heed.attention``),
-the tied embedding's gradient written once (``heed.loss``), TF32 on CUDA; optionally packing (``--pack``), a larger token
-budget per step and ``torch.compile`` with static shapes; batched generation with a KV cache under
-bf16 (dynamic, static, or static with a compiled step).
+the tied embedding's gradient written once (``heed.loss``), TF32 on CUDA; optionally packing
+(``--pack``), a larger token budget per step and ``torch.compile`` with static shapes; batched
+generation with a KV cache under bf16 (dynamic, static, or static with a compiled step).
 
 Each measurement runs in its own process (its own allocator and peak memory). Model FLOPs per trained
 token: 6·N + 12·n_layer·d_model·T (N = parameters, T = mean sequence length; PaLM appendix B). MFU is
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from heed import allocator
+from heed import loss as loss_module
 from heed.attention import use_short_attention
 from heed.config import GenerateConfig
 from heed.data.batch import make_batch
@@ -43,7 +44,6 @@ from heed.data.tasks import make_tasks
 from heed.data.templates import get_template
 from heed.device import autocast, choose_device, enable_tf32, resolve_precision
 from heed.generate import generate_ids, make_decoder
-from heed import loss as loss_module
 from heed.loss import compile_body, loss_sum
 from heed.model import fuse_activations, load_model, load_tokenizer
 from heed.optim import clipped_step, make_optimizer

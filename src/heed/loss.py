@@ -74,10 +74,10 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
             logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         _, head, softcap = parts
-        tied = (_tied_embedding(model, head) if TIED_LOOKUP and torch.is_grad_enabled() and head.weight.requires_grad
-                else None)
-        shared = _SharedGrad() if tied is not None else None
-        if shared is not None:
+        training = TIED_LOOKUP and torch.is_grad_enabled() and head.weight.requires_grad
+        tied, shared = _tied_embedding(model, head) if training else None, None
+        if tied is not None:
+            shared = _SharedGrad()
             extra["inputs_embeds"] = tied_lookup(tied, batch.inputs, shared)
         else:
             extra["input_ids"] = batch.inputs
