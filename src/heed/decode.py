@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from heed.data.batch import round_up
+from heed.data.batch import BUCKET, round_up
 from heed.device import allow_recompiles
-
-BUCKET = 64  # static caches are sized to a multiple of this, so nearby lengths share a compiled step
 
 
 def bucket(n: int) -> int:
+    """A static cache's length: a multiple of ``BUCKET`` (as training's static widths), so nearby lengths
+    share a compiled step."""
     return round_up(n, BUCKET)
 
 

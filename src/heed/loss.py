@@ -74,8 +74,8 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
             logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         _, head, softcap = parts
-        training = TIED_LOOKUP and torch.is_grad_enabled() and head.weight.requires_grad
-        tied, shared = _tied_embedding(model, head) if training else None, None
+        needs_grad = TIED_LOOKUP and torch.is_grad_enabled() and head.weight.requires_grad
+        tied, shared = _tied_embedding(model, head) if needs_grad else None, None
         if tied is not None:
             shared = _SharedGrad()
             extra["inputs_embeds"] = tied_lookup(tied, batch.inputs, shared)
