@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from heed.cli import main
+from heed.commands.cli import main
 
 RECORDS = [
     {"instruction": "Name a primary colour.", "input": "", "output": "Red", "model_response": "Red"},

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-import heed.attention as attention
-from heed.attention import NAME, use_short_attention
+import heed.model.attention as attention
+from heed.config import FastPath
+from heed.model.attention import NAME, use_short_attention
 from heed.model import load_model
 
 
@@ -21,7 +22,7 @@ def _gemma():
 
 
 def _gpt2():
-    return load_model("random:gpt2-tiny", seed=3, fast=False)
+    return load_model("random:gpt2-tiny", seed=3, fast=FastPath.none())
 
 
 def _count_sdpa(monkeypatch):
@@ -105,7 +106,7 @@ def test_greedy_generation_unchanged_and_left_padding_gives_no_nan():
 
 def test_fast_models_use_it_and_the_saved_config_does_not(tmp_path):
     assert load_model("random:gpt2-tiny").config._attn_implementation == NAME
-    assert load_model("random:gpt2-tiny", fast=False).config._attn_implementation == "sdpa"
+    assert load_model("random:gpt2-tiny", fast=FastPath.none()).config._attn_implementation == "sdpa"
     load_model("random:gpt2-tiny").save_pretrained(tmp_path)
     assert NAME not in (tmp_path / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from heed.cli import main
+from heed.commands.cli import main
 from tests.conftest import RECORDS
 
 INSTR_RESP_SAY = [21017, 46486, 25, 198]  # "### Instruction:\n"

@@ -5,11 +5,13 @@ import json
 import pytest
 import torch
 
-from heed.data.batch import BUCKET, collate, make_batch, row_bucket
+from heed.data.batch import collate, make_batch
+from heed.runtime.compile import BUCKET, row_bucket
 from heed.data.encode import IGNORE_INDEX
-from heed.loss import _COMPILED, compile_body, loss_sum
+from heed.runtime.compile import compiled as compiled_for
+from heed.train.loss import compile_body, loss_sum
 from heed.model import load_model
-from heed.train import train
+from heed.commands.finetune import finetune
 from tests.test_train import CPU, examples, quiet, run_config
 
 
@@ -51,7 +53,7 @@ def test_compiled_loss_matches_eager_and_model_stays_eager(tokenizer):
     batch = make_batch(examples(tokenizer), 50256, static=True)
     eager = loss_sum(model, batch, "fp32", CPU)
     compile_body(model)
-    assert model in _COMPILED
+    assert compiled_for(model) is not None
     compiled = loss_sum(model, batch, "fp32", CPU)
     assert torch.allclose(compiled, eager, rtol=1e-5)
     compiled.backward()
@@ -64,8 +66,8 @@ def test_compiled_training_run_matches_eager(data_file, tmp_path):
     runs = {}
     for compiled in (False, True):
         out = tmp_path / f"run-{compiled}"
-        runs[compiled] = train(run_config(data_file, out, compile=compiled, generate_test=True, max_new_tokens=4),
-                               log=quiet)
+        runs[compiled] = finetune(run_config(data_file, out, compile=compiled, generate_test=True, max_new_tokens=4),
+                               log=quiet).result
     eager, compiled = ([m["val_loss"] for m in runs[c].metrics] for c in (False, True))
     assert compiled == pytest.approx(eager, rel=1e-4)
     meta = json.loads((tmp_path / "run-True" / "heed.json").read_text())

@@ -6,7 +6,8 @@ import torch
 from heed.config import GenerateConfig
 from heed.data.encode import prompt_ids
 from heed.data.templates import TEMPLATES
-from heed.decode import BUCKET, StaticDecoder, bucket
+from heed.generate.decode import StaticDecoder
+from heed.runtime.compile import BUCKET, cache_length as bucket
 from heed.generate import generate_ids, make_decoder
 from heed.model import load_model
 
@@ -82,7 +83,7 @@ def test_unknown_cache_is_a_one_line_error():
 
 
 def test_matmul_weights_same_logits_under_autocast_and_model_restored():
-    from heed.decode import matmul_weights
+    from heed.runtime.compile import matmul_weights
 
     model = load_model("random:gpt2-tiny", seed=3).eval()
     head, wte = model.get_output_embeddings(), model.get_input_embeddings()

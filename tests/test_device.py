@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from heed import device as dev
+from heed.runtime import device as dev
 from heed.errors import HeedError
 
 

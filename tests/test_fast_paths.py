@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from heed import allocator
-from heed.bench import FAST, GENERATE_MODES, TRAIN_MODES, BenchConfig, measure_generate, measure_train, table
+from heed.config import FastPath
+from heed.runtime import allocator
+from heed.commands.bench import FAST, GENERATE_MODES, TRAIN_MODES, BenchConfig, measure_generate, measure_train, table
 from heed.model import load_model
 
 needs_mimalloc = pytest.mark.skipif(allocator.library() is None or not sys.platform.startswith("linux"),
@@ -17,7 +18,7 @@ needs_mimalloc = pytest.mark.skipif(allocator.library() is None or not sys.platf
 
 @needs_mimalloc
 def test_preloaded_child_runs_on_mimalloc_and_system_child_does_not():
-    probe = [sys.executable, "-c", "from heed import allocator; print(allocator.loaded())"]
+    probe = [sys.executable, "-c", "from heed.runtime import allocator; print(allocator.loaded())"]
     fast = subprocess.run(probe, env=allocator.environment(os.environ, fast=True), capture_output=True,
                           text=True, check=True)
     plain = subprocess.run(probe, env=allocator.environment(os.environ, fast=False), capture_output=True,
@@ -46,7 +47,7 @@ def test_system_environment_drops_only_mimalloc_from_preload():
 def test_fused_gelu_gives_the_same_logits():
     from transformers.activations import GELUTanh, NewGELUActivation
 
-    fast, plain = load_model("random:gpt2-tiny", seed=5), load_model("random:gpt2-tiny", seed=5, fast=False)
+    fast, plain = load_model("random:gpt2-tiny", seed=5), load_model("random:gpt2-tiny", seed=5, fast=FastPath.none())
     assert type(fast.transformer.h[0].mlp.act) is GELUTanh
     assert type(plain.transformer.h[0].mlp.act) is NewGELUActivation
     ids = torch.randint(0, 50257, (2, 12))
@@ -83,7 +84,7 @@ def test_bench_generation_modes_produce_tokens():
 
 
 def test_bench_compiled_training_warms_up_every_timed_shape():
-    from heed.bench import COMPILED_MODES
+    from heed.commands.bench import COMPILED_MODES
 
     cfg = BenchConfig(model="random:gpt2-tiny", steps=3, batch_size=2, pack_length=128)
     out = measure_train(cfg, COMPILED_MODES["compiled"] | {"precision": "fp32"})

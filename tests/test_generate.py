@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
-from heed.cli import main
+from heed.commands.cli import main
 from heed.config import GenerateConfig
 from heed.data.encode import prompt_ids
 from heed.data.records import Record
 from heed.data.templates import TEMPLATES
-from heed.generate import _filter_logits, generate_ids, generate_responses
+from heed.generate import generate_ids, generate_responses
+from heed.generate.responses import _filter_logits
 from heed.model import load_model
 from tests.conftest import RECORDS, SHARED_DATA
 
@@ -113,7 +114,7 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["generate", "--model", "random:gpt2-tiny"]) == 2
     assert "either --data FILE or --instruction TEXT" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "no checkpoint.pt there" in capsys.readouterr().err
+    assert "no checkpoint there" in capsys.readouterr().err
     assert main(["train", "--model", "random:gpt2-tiny", "--data", str(tmp_path / "none.json")]) == 2
     assert capsys.readouterr().err.strip() == f"heed: error: {tmp_path / 'none.json'}: no such file"
 

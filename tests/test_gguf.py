@@ -12,7 +12,7 @@ def gguf_file(tmp_path_factory):
 
 def test_gguf_is_dequantized_once_then_loaded_from_the_cache(gguf_file, tmp_path, monkeypatch):
     monkeypatch.setenv("HEED_CACHE", str(tmp_path))
-    from heed.gguf import COMPLETE, cached_gguf
+    from heed.model.gguf import COMPLETE, cached_gguf
     from heed.model import context_length, load_model, load_tokenizer, model_config
 
     target = cached_gguf(gguf_file)

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from heed.cli import main
+from heed.commands.cli import main
 from heed.data.templates import TEMPLATES
 from heed.errors import HeedError
 from heed.evaluate.judge import Judge, JudgeSpec

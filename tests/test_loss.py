@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heed.loss import linear_cross_entropy
+from heed.train.loss import linear_cross_entropy
 
 
 def reference(hidden, weight, targets, softcap=None):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from heed.optim import clipped_step, grad_norm, is_fused, make_optimizer
+from heed.train.optim import clipped_step, grad_norm, is_fused, make_optimizer
 
 
 def _model_with_grads(scale: float) -> torch.nn.Module:

@@ -45,7 +45,7 @@ def test_packed_per_example_losses_equal_unpacked(tokenizer):
 
 
 def test_packed_training_loss_equals_padded(tokenizer):
-    from heed.train import loss_sum
+    from heed.train.loss import loss_sum
 
     recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
     examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
@@ -58,14 +58,14 @@ def test_packed_training_loss_equals_padded(tokenizer):
 
 
 def test_packed_train_step_respects_capacity_and_matches_padded_gradients(tokenizer, monkeypatch):
-    import heed.train as train_module
+    import heed.train.loop as train_module
     from heed.train import train_step
 
     recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
     examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
     seen = []
     real = train_module.loss_sum
-    monkeypatch.setattr(train_module, "loss_sum", lambda m, b, p, d: (seen.append(b), real(m, b, p, d))[1])
+    monkeypatch.setattr(train_module, "loss_sum", lambda m, b, p, d, f: (seen.append(b), real(m, b, p, d, f))[1])
     grads = []
     for capacity in (None, 120):
         model = load_model("random:gpt2-tiny", seed=3)
@@ -84,7 +84,7 @@ def test_packed_losses_equal_padded_on_a_tiny_gemma3(tokenizer):
     """Packing must hold for the offline default's architecture too (rotary positions, local layers)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from heed.train import loss_sum
+    from heed.train.loss import loss_sum
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

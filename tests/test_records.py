@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from heed.cli import main
+from heed.commands.cli import main
 from heed.data.records import FieldMap, load_records, split_records
 from heed.errors import HeedError
 from tests.conftest import RECORDS

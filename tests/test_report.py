@@ -1,6 +1,6 @@
 import json
 
-from heed.cli import main
+from heed.commands.cli import main
 from tests.conftest import RECORDS
 from tests.fake_servers import FakeServer, ollama_stream
 

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from heed.cli import main
+from heed.commands.cli import main
 from heed.data.records import split_records
 from heed.data.tasks import FAMILIES, make_tasks, normalize, verify
 from heed.evaluate.metrics import rouge_l, score
@@ -89,7 +89,7 @@ def test_cli_tasks_make_and_score(tmp_path, capsys):
 
 
 def test_demo_plumbing_on_a_tiny_model(tmp_path, capsys):
-    from heed.demo import DemoConfig, run_demo
+    from heed.commands.demo import DemoConfig, run_demo
 
     summary = run_demo(DemoConfig(model="random:gpt2-tiny", out=str(tmp_path / "demo"), n=140, epochs=1,
                                   max_new_tokens=4), log=lambda _: None)

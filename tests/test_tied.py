@@ -4,12 +4,12 @@ The loss and every gradient must be what autograd gives with the model's own emb
 import pytest
 import torch
 
-import heed.loss as loss_module
+import heed.train.loss as loss_module
 from heed.data.batch import collate, collate_packed, pack_rows
 from heed.data.encode import encode_records
 from heed.data.records import Record
 from heed.data.templates import TEMPLATES
-from heed.loss import loss_sum
+from heed.train.loss import loss_sum
 from heed.model import load_model
 from tests.conftest import RECORDS
 

@@ -4,17 +4,32 @@ import math
 import pytest
 import torch
 
-from heed import checkpoint
+from heed.train import checkpoint
 from heed.config import DataConfig, LoraConfig, RunConfig, TrainConfig
 from heed.data.batch import collate
 from heed.data.encode import encode_records
 from heed.data.records import Record
 from heed.data.templates import TEMPLATES
 from heed.model import load_model, load_tokenizer
-from heed.train import evaluate, loss_sum, train
+from heed.commands.finetune import finetune
+from heed.train import evaluate
+from heed.train.loss import loss_sum
 from tests.conftest import RECORDS
 
 CPU = torch.device("cpu")
+
+
+def train(run, **kwargs):
+    """The finetune job (train → save → test responses), returning the training result."""
+    return finetune(run, **kwargs).result
+
+
+def stop_at(step):
+    def on_step(state):
+        if state.step == step:
+            raise KeyboardInterrupt
+
+    return on_step
 
 
 def examples(tokenizer, records=RECORDS):
@@ -94,17 +109,18 @@ def test_outputs_and_saved_model_reload_with_identical_logits(data_file, tmp_pat
 
 def test_saved_logits_equal_trained_logits(data_file, tmp_path, tokenizer, monkeypatch):
     captured = {}
-    import heed.train as train_module
+    import heed.commands.finetune as job
 
-    real = train_module.write_outputs
+    real = job.save_run
 
-    def spy(out, model, tokenizer, meta, result):
+    def spy(trained):
+        model = trained.model
         batch = collate(examples(tokenizer), tokenizer.pad_token_id)
         with torch.no_grad():
             captured["logits"] = model(input_ids=batch.inputs).logits
-        real(out, model, tokenizer, meta, result)
+        return real(trained)
 
-    monkeypatch.setattr(train_module, "write_outputs", spy)
+    monkeypatch.setattr(job, "save_run", spy)
     train(run_config(data_file, tmp_path / "run", epochs=1), log=quiet)
     batch = collate(examples(tokenizer), tokenizer.pad_token_id)
     with torch.no_grad():
@@ -135,7 +151,7 @@ def test_resume_equals_uninterrupted(data_file, tmp_path, extra):
     full = train(run_config(data_file, tmp_path / "full", epochs=3, **extra), log=quiet)
     run = run_config(data_file, tmp_path / "cut", epochs=3, **extra)
     with pytest.raises(KeyboardInterrupt):
-        train(run, log=quiet, interrupt_at=4)
+        train(run, log=quiet, on_step=stop_at(4))
     state = checkpoint.load(tmp_path / "cut")
     assert state["loop"]["step"] == 4
     resumed = train(run_config(data_file, tmp_path / "cut", epochs=3, **extra), resume=state, log=quiet)
@@ -163,7 +179,7 @@ def test_grad_accum_normalises_by_total_supervised_tokens(tokenizer):
 
 def test_lora_trains_only_adapters_and_merges(data_file, tmp_path, tokenizer):
     pytest.importorskip("peft")
-    from heed.lora import add_adapters, merged
+    from heed.model.lora import add_adapters, merged
 
     base = load_model("random:gpt2-tiny")
     model = add_adapters(base, LoraConfig(r=4, alpha=8, dropout=0.0))
@@ -193,7 +209,7 @@ def test_lora_trains_only_adapters_and_merges(data_file, tmp_path, tokenizer):
 
 
 def test_chunked_head_loss_and_gradients_equal_full_logits(tokenizer, monkeypatch):
-    import heed.loss as loss_module
+    import heed.train.loss as loss_module
 
     model = load_model("random:gpt2-tiny")
     batch = collate(examples(tokenizer) * 3, tokenizer.pad_token_id)

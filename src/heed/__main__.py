@@ -1,3 +1,3 @@
-from heed.cli import entry
+from heed.commands.cli import entry
 
 entry()

@@ -1,95 +1,367 @@
-"""One dataclass per stage. The CLI builds these; a trained model saves them resolved in heed.json."""
+"""Configuration: one dataclass per stage; each field holds its default, its help and its range, once.
+
+The command-line flags are generated from these fields (``heed.commands.options``), a YAML or JSON file
+(``--config``) fills them, ``KEY=VALUE`` arguments override single fields by their dotted name
+(``train.lr=1e-4``), and ``validate`` collects every problem before any model loads. A trained model
+saves its resolved configuration as ``run.yaml``, which ``--config`` takes back to reproduce the run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Callable
+
+from heed.errors import HeedError
+
+Check = tuple[Callable[[Any], bool], str]  # (holds, what the value must be)
+
+
+def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+        check: Check | None = None, metavar: str | None = None, cli: bool = True, off: Any = None) -> Any:
+    """A configuration field: its default, one line of help, and what the CLI and ``validate`` need.
+
+    ``flag`` names the CLI flag when it is not ``--field-name`` (``--no-shuffle`` for a field that
+    defaults to True); ``check`` is a range rule; ``cli=False`` keeps a field out of the flags; ``off`` is
+    the flag value that means None (``--clip 0``).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "check": check, "metavar": metavar, "cli": cli,
+            "off": off}
+    return field(default=default, metadata=meta)
+
+
+def at_least(n: int) -> Check:
+    return (lambda v: v >= n, f"at least {n}")
+
+
+POSITIVE: Check = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "zero or more")
+SHARE: Check = (lambda v: 0 <= v <= 1, "between 0 and 1")
+DROPOUT: Check = (lambda v: 0 <= v < 1, "at least 0 and below 1")
+NON_EMPTY: Check = (lambda v: bool(str(v).strip()), "a non-empty path")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
 class DataConfig:
-    data: str = ""  # instruction records: a JSON array or JSON Lines file
-    fields: str | None = None  # field mapping, e.g. "instruction=prompt,output=completion"
-    template: str = "alpaca"  # prompt template name (see heed.data.templates.TEMPLATES)
-    max_length: int | None = None  # longest example in tokens; None = the model's context length
-    overlong: str = "drop"  # what to do with longer examples: drop | truncate | error
-    train_on_prompt: bool = False  # also train on prompt tokens (the original design's behaviour)
-    train_frac: float = 0.85  # first share of the records used for training
-    test_frac: float = 0.10  # next share used for the test set; the rest is validation
-    shuffle: bool = False  # shuffle records before splitting
-    split_seed: int = 123  # seed of that shuffle
-    val_file: str | None = None  # validation records from their own file instead of the split
-    test_file: str | None = None  # test records from their own file instead of the split
+    data: str = opt("", "instruction records (JSON array or JSON Lines)", metavar="FILE")
+    fields: str | None = opt(None, "column names if not instruction/input/output, e.g. "
+                             "'instruction=prompt,output=completion'", metavar="MAP")
+    template: str | None = opt(None, "prompt template: alpaca, instruction-response, phi3, chat "
+                               "(default: a heed-trained model's own, else alpaca)")
+    max_length: int | None = opt(None, "longest example in tokens (default: the model's context length)",
+                                 check=at_least(2), metavar="N")
+    overlong: str = opt("drop", "examples longer than --max-length: drop, truncate the response, or error",
+                        choices=("drop", "truncate", "error"))
+    train_on_prompt: bool = opt(False, "train on prompt tokens too (default: loss on the response and EOS only)")
+    skip_invalid: bool = opt(False, "drop invalid records (counted and listed) instead of refusing the file")
+    train_frac: float = opt(0.85, "share of records for training", check=SHARE)
+    test_frac: float = opt(0.10, "share for the test set; the rest is validation", check=SHARE)
+    shuffle: bool = opt(False, "shuffle records before splitting")
+    split_seed: int = opt(123, "seed of --shuffle")
+    val_file: str | None = opt(None, "validation records from this file instead of the split", metavar="FILE")
+    test_file: str | None = opt(None, "test records from this file instead of the split", metavar="FILE")
+
+    def validate(self) -> list[str]:
+        problems = check_fields(self)
+        if self.train_frac + self.test_frac > 1 + 1e-9:
+            problems.append(f"--train-frac {self.train_frac} and --test-frac {self.test_frac} add up to more than 1")
+        return problems
 
 
 @dataclass
 class LoraConfig:
-    r: int = 16  # adapter rank
-    alpha: int = 32  # scaling numerator (scale = alpha / r)
-    dropout: float = 0.05  # dropout on the adapter input
-    target_modules: list[str] | str | None = None  # module names, "all-linear", or None (peft's default)
+    r: int = opt(16, "adapter rank", flag="--lora-r", check=at_least(1))
+    alpha: int = opt(32, "adapter alpha (scale = alpha / r)", flag="--lora-alpha", check=POSITIVE)
+    dropout: float = opt(0.05, "dropout on the adapter input", flag="--lora-dropout", check=DROPOUT)
+    target_modules: list[str] | str | None = opt(
+        None, "comma-separated module names, or all-linear (default: peft's choice for the model)",
+        flag="--lora-targets")
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
 
 
 @dataclass
 class TrainConfig:
-    model: str = "random:gpt2-tiny"  # model spec (see heed.model)
-    out: str = "runs/heed"  # output directory
-    lr: float = 5e-5  # AdamW learning rate
-    weight_decay: float = 0.1  # AdamW weight decay
-    batch_size: int = 8  # examples per optimizer step (split into micro-batches by grad_accum)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    pack: bool = False  # pack each micro-batch into padding-free rows (see pack_length)
-    pack_length: int = 256  # longest packed row in tokens (capped at max_length); longer examples get a row each
-    epochs: int = 2  # passes over the training split
-    max_steps: int | None = None  # stop after this many optimizer steps
-    eval_every: int = 5  # evaluate every N optimizer steps
-    eval_batches: int = 5  # batches of train and validation data per evaluation
-    patience: int | None = None  # early stopping after N evaluations without improvement; None = off
-    min_delta: float = 0.0  # an improvement must lower validation loss by more than this
-    clip: float | None = 1.0  # gradient-norm clipping; None = off
-    compile: bool = False  # torch.compile the model's body; batch shapes bucketed (data.batch.make_batch)
-    warmup_steps: int = 0  # linear warmup steps
-    schedule: str = "constant"  # learning-rate schedule after warmup: constant | cosine
-    precision: str = "auto"  # auto (bf16 autocast where supported) | bf16 | fp32
-    seed: int = 123  # seed for initialisation, shuffling and dropout
-    shuffle: bool = True  # reshuffle training examples every epoch
-    checkpoint_every: int | None = None  # save a resumable checkpoint every N steps (and at the end)
-    sample_every_epoch: bool = True  # print a greedy sample for the first validation prompt per epoch
-    generate_test: bool = True  # write responses for the test split after training
-    audit: bool = True  # write audit.json (the `heed data check` audit) before training
-    max_new_tokens: int = 256  # for those responses
-    lora: LoraConfig | None = None  # LoRA adapters instead of full finetuning
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: str | None = opt(None, "model to finetune: hub id, directory, .gguf file or random:<preset>")
+    out: str = opt("runs/heed", "output directory; must be new or empty unless --overwrite", check=NON_EMPTY)
+    overwrite: bool = opt(False, "train into a non-empty --out, replacing the earlier run's outputs there")
+    lr: float = opt(5e-5, "AdamW learning rate", check=POSITIVE)
+    weight_decay: float = opt(0.1, "AdamW weight decay", check=NON_NEGATIVE)
+    batch_size: int = opt(8, "examples per optimizer step (split into --grad-accum micro-batches)",
+                          check=at_least(1))
+    grad_accum: int = opt(1, "micro-batches per step", check=at_least(1))
+    pack: bool = opt(False, "pack each micro-batch into padding-free rows of at most --pack-length tokens "
+                     "(attention never crosses examples; same loss and gradients as padding)")
+    pack_length: int = opt(256, "longest packed row (capped at --max-length; on CPU longer rows cost more "
+                           "attention than they save)", check=at_least(2), metavar="N")
+    epochs: int = opt(2, "passes over the training split", check=at_least(1))
+    max_steps: int | None = opt(None, "stop after this many optimizer steps", check=at_least(1))
+    eval_every: int = opt(5, "evaluate every N steps", check=at_least(1))
+    eval_batches: int = opt(5, "batches of train and validation data per evaluation", check=at_least(1))
+    patience: int | None = opt(None, "stop after N evaluations without validation improvement and restore "
+                               "the best weights (default: off)", check=at_least(1))
+    min_delta: float = opt(0.0, "smallest improvement of validation loss that counts", check=NON_NEGATIVE)
+    clip: float | None = opt(1.0, "gradient-norm clipping; 0 = off", check=POSITIVE, off=0.0)
+    compile: bool = opt(False, "torch.compile the model with batch shapes bucketed (widths to multiples of 64; "
+                        "with --pack, full rows, row counts bucketed), so it compiles a few times, not every "
+                        "step; compiling takes seconds to a minute up front")
+    warmup_steps: int = opt(0, "linear warmup steps", check=NON_NEGATIVE)
+    schedule: str = opt("constant", "learning-rate schedule after warmup", choices=("constant", "cosine"))
+    precision: str = opt("auto", "auto: bf16 autocast on CUDA and bf16-capable CPUs, fp32 weights",
+                         choices=PRECISIONS)
+    seed: int = opt(123, "seed for initialisation, shuffling and dropout")
+    shuffle: bool = opt(True, "keep the training order fixed", flag="--no-shuffle")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    checkpoint_every: int | None = opt(None, "write a resumable checkpoint every N steps", check=at_least(1))
+    sample_every_epoch: bool = opt(True, "no greedy sample at the end of each epoch", flag="--no-sample")
+    generate_test: bool = opt(True, "skip responses for the test split", flag="--no-generate")
+    audit: bool = opt(True, "skip the data audit (audit.json); it re-encodes every record",
+                      flag="--no-audit")
+    max_new_tokens: int = opt(256, "new tokens per test response at most", check=at_least(1))
+    lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model)")
+
+    def validate(self) -> list[str]:
+        problems = check_fields(self)
+        if isinstance(self.grad_accum, int) and isinstance(self.batch_size, int) and \
+                self.grad_accum > self.batch_size >= 1:
+            problems.append(f"--grad-accum must be between 1 and --batch-size (got {self.grad_accum})")
+        if self.lora is not None:
+            problems += self.lora.validate()
+        return problems
 
 
 @dataclass
 class GenerateConfig:
-    max_new_tokens: int = 256  # new tokens per response at most
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int | None = None  # sample from the k most likely tokens
-    top_p: float | None = None  # nucleus sampling threshold
-    batch_size: int = 8  # prompts per generation batch
-    seed: int = 123  # seed for sampling
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
-    cache: str = "dynamic"  # KV cache: dynamic | static | compiled (static + torch.compile; CUDA graphs on CUDA)
+    max_new_tokens: int = opt(256, "new tokens per response at most", check=at_least(1))
+    temperature: float = opt(0.0, "0 = greedy", check=NON_NEGATIVE)
+    top_k: int | None = opt(None, "sample among the k most likely tokens", check=at_least(1))
+    top_p: float | None = opt(None, "nucleus sampling threshold", check=(lambda v: 0 < v <= 1, "in (0, 1]"))
+    batch_size: int = opt(8, "prompts per batch", check=at_least(1))
+    seed: int = opt(123, "seed for sampling")
+    precision: str = opt("fp32", "fp32, or bf16 autocast (faster on CUDA and AMX CPUs; tokens may differ "
+                         "slightly), or auto", choices=PRECISIONS)
+    cache: str = opt("dynamic", "KV cache: dynamic, static (preallocated), or compiled (static, the decoding "
+                     "step compiled with torch.compile; CUDA graphs on CUDA; the first batch pays the compile)",
+                     choices=("dynamic", "static", "compiled"))
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+@dataclass
+class FastPath:
+    """heed's speed features, each switchable: ``heed train`` uses the defaults; ``heed bench`` turns
+    them off one at a time (and all of them for the original design's reference loop)."""
+
+    head: str = "supervised"  # supervised: logits only where a target is trained on (heed.train.loss); full
+    tied_lookup: bool = True  # the tied embedding's lookup gradient added into the head's
+    fused_adamw: bool = True  # AdamW's fused kernel where torch has one
+    fold_clip: bool = True  # gradient clipping folded into the fused AdamW kernel
+    fused_act: bool = True  # GPT-2's GELU as PyTorch's fused kernel
+    short_attn: bool = True  # short rows' attention written out on the CPU (heed.model.attention)
+
+    @classmethod
+    def none(cls) -> "FastPath":
+        return cls("full", False, False, False, False, False)
 
 
 @dataclass
 class RunConfig:
+    """Everything ``heed train`` needs: the data and the training run."""
+
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> list[str]:
+        return self.data.validate() + self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        train = dict(d.get("train", {}))
-        if train.get("lora") is not None:
-            train["lora"] = LoraConfig(**train["lora"])
-        return cls(DataConfig(**_known(DataConfig, d.get("data", {}))), TrainConfig(**_known(TrainConfig, train)))
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "RunConfig":
+        return from_dict(cls, d, source)
 
 
-def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+# --- checking fields -------------------------------------------------------------------------------
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
+    """(the field's base type, whether None is allowed), from its annotation."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        kinds = [a for a in args if a is not type(None)]
+        lists = [k for k in kinds if typing.get_origin(k) is list]
+        hint = lists[0] if lists else kinds[0]
+    return (typing.get_origin(hint) or hint), optional
+
+
+def check_fields(cfg: Any) -> list[str]:
+    """Type, finiteness, choices and range of every field, one line per problem, named by its flag."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind, optional = field_type(type(cfg), f)
+        name = flag_name(f)
+        if value is None:
+            if not optional:
+                problems.append(f"{name} must be set")
+            continue
+        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                     or (kind is int and not isinstance(value, int))):
+            problems.append(f"{name} must be {'an integer' if kind is int else 'a number'} (got {value!r})")
+            continue
+        if kind is float and not math.isfinite(value):
+            problems.append(f"{name} must be a finite number (got {value})")
+            continue
+        if kind is bool and not isinstance(value, bool):
+            problems.append(f"{name} must be true or false (got {value!r})")
+            continue
+        if kind is list and not (isinstance(value, str) or isinstance(value, list)
+                                 and all(isinstance(v, str) for v in value)):
+            problems.append(f"{name} must be a list of names (got {value!r})")
+            continue
+        if kind is str and not isinstance(value, str):
+            problems.append(f"{name} must be a string (got {value!r})")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            problems.append(f"{name} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}")
+        check = f.metadata.get("check")
+        if check and not check[0](value):
+            problems.append(f"{name} must be {check[1]} (got {value})")
+    return problems
+
+
+def validate(cfg: Any) -> None:
+    """Raise one HeedError listing every problem of ``cfg`` (a config with a ``validate`` method)."""
+    problems = cfg.validate()
+    if problems:
+        raise HeedError(*problems)
+
+
+# --- building from dictionaries, files and KEY=VALUE overrides ----------------------------------------
+
+
+def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
+    """A config of ``cls`` from a (nested) dictionary; unknown keys are refused, naming the source."""
+    if not isinstance(values, dict):
+        raise HeedError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise HeedError(f"{source}: unknown setting {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                        f"known: {', '.join(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind, _ = field_type(cls, known[name])
+        if is_dataclass(kind) and value is not None:
+            value = from_dict(kind, value, f"{source}: {name}")
+        elif kind in (int, float) and isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                value = kind(value)
+            except ValueError:
+                pass  # validate() names it
+        elif kind is list and isinstance(value, tuple):
+            value = list(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """A run configuration file: YAML or JSON (a heed.json's ``config`` section is taken as is)."""
+    from pathlib import Path
+
+    from heed.io import read_text
+
+    text = read_text(path, what="--config")
+    if path.endswith(".json"):
+        from heed.io import parse_json
+
+        values = parse_json(text, path)
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise HeedError(f"{path}: {where}invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    if Path(path).name == "heed.json" and isinstance(values, dict) and "config" in values:
+        values = values["config"]
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise HeedError(f"{path}: expected a mapping of settings (data:, train:, ...), got {type(values).__name__}")
+    return values
+
+
+def parse_value(text: str, kind: type, name: str) -> Any:
+    """A command-line value for a field of type ``kind`` (``none`` for unset optional fields)."""
+    if text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "yes", "1", "on"):
+                return True
+            if text.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        raise HeedError(f"{name}={text}: expected {what}") from None
+    if kind is list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        return items
+    return text
+
+
+def apply_override(cfg: Any, assignment: str) -> Any:
+    """``cfg`` with one ``dotted.name=value`` applied (a new object; ``cfg`` is left as it was)."""
+    key, sep, text = assignment.partition("=")
+    if not sep:
+        raise HeedError(f"{assignment!r}: overrides are written KEY=VALUE, e.g. train.lr=1e-4")
+    path = key.strip().split(".")
+    return _override(cfg, path, text, key)
+
+
+def _override(cfg: Any, path: list[str], text: str, key: str) -> Any:
+    known = {f.name: f for f in fields(cfg)}
+    name = path[0]
+    if name not in known:
+        raise HeedError(f"{key}: unknown setting {name!r}; known: {', '.join(known)}")
+    kind, _ = field_type(type(cfg), known[name])
+    if is_dataclass(kind):
+        if len(path) == 1:
+            raise HeedError(f"{key}: a section; set one of its fields, e.g. {key}.{fields(kind)[0].name}=...")
+        inner = getattr(cfg, name) or kind()
+        return replace(cfg, **{name: _override(inner, path[1:], text, key)})
+    if len(path) > 1:
+        raise HeedError(f"{key}: {name!r} has no fields")
+    value = parse_value(text, kind, key)
+    if name == "target_modules" and value == ["all-linear"]:
+        value = "all-linear"
+    return replace(cfg, **{name: value})
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in fields(cls):
+        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return out

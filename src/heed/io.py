@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from heed.errors import HeedError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -57,3 +59,40 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
+    """A UTF-8 text file's contents; an unreadable path is one line naming it (``what`` is the flag)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise HeedError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise HeedError(f"{what} {path}: a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise HeedError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise HeedError(f"{what} {path}: cannot read it ({e.strerror or type(e).__name__})") from None
+
+
+def parse_json(text: str, source: str | os.PathLike) -> Any:
+    """One JSON document; a syntax error is one line with its line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HeedError(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # nesting too deep, integers too long
+        raise HeedError(f"{source}: invalid JSON: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
+    return parse_json(read_text(path, what=what), path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

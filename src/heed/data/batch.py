@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import torch
 
 from heed.data.encode import IGNORE_INDEX, Example
+from heed.runtime.compile import BUCKET, round_up, row_bucket
 
 
 @dataclass
@@ -112,10 +113,6 @@ def pack_rows(examples: Sequence[Example], capacity: int) -> list[list[Example]]
     return rows
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, *, width: int | None = None,
                    multiple: int | None = None, num_rows: int | None = None) -> Batch:
     """Padding-free batch: each row holds several examples back to back, shifted like ``collate``.
@@ -150,9 +147,6 @@ def collate_packed(rows: Sequence[Sequence[Example]], pad_id: int, *, width: int
     return Batch(inputs, targets, lengths, positions)
 
 
-BUCKET = 64  # static shapes (``--compile``): padded widths are multiples of this
-
-
 def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int | None = None,
                static: bool = False) -> Batch:
     """The batch a training step uses: padded (``collate``) or packed into rows of ``pack_capacity``.
@@ -169,10 +163,3 @@ def make_batch(examples: Sequence[Example], pad_id: int, *, pack_capacity: int |
             return collate_packed(rows, pad_id)
         return collate_packed(rows, pad_id, width=pack_capacity, multiple=BUCKET, num_rows=row_bucket(len(rows)))
     return collate(examples, pad_id, pad_to_multiple_of=BUCKET if static else None)
-
-
-def row_bucket(n: int) -> int:
-    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them) that is ≥ n:
-    a logarithmic number of shapes, at most a third of the rows padding."""
-    power = 1 << max(0, (n - 1).bit_length() - 1)  # the largest power of two below n (1 for n <= 2)
-    return n if n <= 2 else (power * 3 // 2 if n <= power * 3 // 2 else power * 2)

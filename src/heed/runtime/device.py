@@ -38,14 +38,6 @@ def enable_tf32(enabled: bool = True) -> None:
         torch.backends.cudnn.allow_tf32 = enabled
 
 
-def allow_recompiles(limit: int = 64) -> None:
-    """Let torch.compile keep up to ``limit`` compiled versions of a function (torch's default is 8): heed
-    buckets shapes so that each compiles once, and a few buckets times the grad modes exceed 8."""
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, limit)
-
-
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AMX-bf16 or AVX512-bf16)."""

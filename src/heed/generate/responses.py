@@ -1,4 +1,4 @@
-"""Stage 6: generation. Batched, left-padded prompts decoded with a KV cache; each row stops at its EOS.
+"""Generation: batched, left-padded prompts decoded with a KV cache; each row stops at its EOS.
 
 Responses are extracted from the generated text with the model's own template and written next to
 the input as ``<name>-with-response.json`` (the input records plus a ``model_response`` field).
@@ -15,8 +15,8 @@ from heed.config import GenerateConfig
 from heed.data.encode import eos_id, prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
-from heed.decode import DynamicDecoder, StaticDecoder
-from heed.device import autocast, resolve_precision
+from heed.generate.decode import DynamicDecoder, StaticDecoder
+from heed.runtime.device import autocast, resolve_precision
 from heed.errors import HeedError
 
 
@@ -48,7 +48,7 @@ def generate_ids(
     """New token ids for each prompt (EOS not included). One batch; call in chunks for more.
 
     Prompts are left-padded; position ids count only real tokens, so a row's result does not depend
-    on what else is in the batch. ``decoder`` (``heed.decode``) is made from ``cfg.cache`` when not given;
+    on what else is in the batch. ``decoder`` (``heed.generate.decode``) is made from ``cfg.cache`` when not given;
     pass one to reuse a static cache and its compiled step across batches.
     """
     was_training = model.training

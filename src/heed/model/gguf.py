@@ -1,12 +1,13 @@
 """GGUF models: dequantized once through transformers, then cached as safetensors + tokenizer.
 
 The first use of a ``.gguf`` file takes a while (dequantizing every tensor); later uses load the
-cached Hugging Face directory in seconds. The cache lives under ``heed.model.cache_dir()``.
+cached Hugging Face directory in seconds. The cache lives under ``cache_dir()``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,11 @@ from heed.errors import HeedError
 from heed.io import atomic_dir
 
 COMPLETE = "heed-gguf-complete"
+
+
+def cache_dir() -> Path:
+    """heed's own cache (dequantized GGUF models): ``$HEED_CACHE`` or ``~/.cache/heed``."""
+    return Path(os.environ.get("HEED_CACHE") or Path.home() / ".cache" / "heed")
 
 
 def _fingerprint(path: Path) -> str:
@@ -30,8 +36,6 @@ def _fingerprint(path: Path) -> str:
 
 def cached_gguf(path: str | Path) -> Path:
     """The cached Hugging Face directory for a GGUF file, creating it on first use."""
-    from heed.model import cache_dir
-
     path = Path(path).expanduser().resolve()
     target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
     if not (target / COMPLETE).is_file():
@@ -44,8 +48,6 @@ def builtin_gemma() -> Path | None:
 
     Returns None when the package is not installed (the caller then falls back to the hub id).
     """
-    from heed.model import cache_dir
-
     target = cache_dir() / "models" / "gemma-3-270m"
     if (target / COMPLETE).is_file():
         return target

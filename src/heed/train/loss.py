@@ -10,16 +10,17 @@ written once, instead of once per chunk and again in backward.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from heed.config import FastPath
 from heed.data.batch import Batch
 from heed.data.encode import IGNORE_INDEX
-from heed.device import allow_recompiles, autocast
-from heed.lora import is_adapted
+from heed.model.lora import is_adapted
+from heed.runtime.compile import compile_module, compiled
+from heed.runtime.device import autocast
 
 # Architectures whose logits are exactly ``lm_head(last_hidden_state)`` (Gemma's optional soft-capping
 # is applied here too); for these the head runs only where a target is supervised.
@@ -39,28 +40,25 @@ def _body_and_head(model: Any) -> tuple[Any, torch.nn.Linear, float | None] | No
     return inner.base_model, head, getattr(config, "final_logit_softcapping", None)
 
 
-_COMPILED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
 def compile_body(model: Any) -> Any:
     """From now on ``loss_sum(model, ...)`` runs a compiled copy of what it calls (the body when the head
-    is computed here, else the whole model); the model itself stays eager, so generation is unaffected.
-
-    Compiled for static shapes: ``make_batch(static=True)`` keeps them few, and each (shape, grad mode)
-    compiles once (``allow_recompiles``).
-    """
-    allow_recompiles()
+    is computed here, else the whole model), for static shapes (``heed.runtime.compile``)."""
     parts = _body_and_head(model)
-    _COMPILED[model] = torch.compile(parts[0] if parts else model, dynamic=False)
-    return _COMPILED[model]
+    return compile_module(model, parts[0] if parts else model)
 
 
-def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
+def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
+             fast: FastPath = FastPath()) -> torch.Tensor:
     """Summed cross-entropy over the supervised targets of a batch (targets are already shifted).
 
     Example: targets ``[[-100, -100, 7, 50256]]`` → the loss is
     ``CE(logits[0, 2], 7) + CE(logits[0, 3], 50256)``, and only those two rows of logits are computed.
+    ``fast.head == "full"`` computes the logits of every position instead (the original design's loop).
     """
+    if fast.head == "full":
+        with autocast(precision, device):
+            logits = model(input_ids=batch.inputs, use_cache=False).logits  # (B, T, V)
+            return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="sum")
     parts = _body_and_head(model)
     supervised = batch.targets != IGNORE_INDEX  # (B, T)
     targets = batch.targets[supervised]  # (N,)
@@ -68,13 +66,15 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device) -> 
     extra: dict[str, Any] = {"use_cache": False}
     if batch.position_ids is not None:
         extra["position_ids"] = batch.position_ids
-    forward = _COMPILED.get(model, model if parts is None else parts[0])  # compiled by compile_body, or as is
+    forward = compiled(model)  # compiled by compile_body, or the model as is
+    if forward is None:
+        forward = model if parts is None else parts[0]
     with autocast(precision, device):
         if parts is None:
             logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         _, head, softcap = parts
-        needs_grad = TIED_LOOKUP and torch.is_grad_enabled() and head.weight.requires_grad
+        needs_grad = fast.tied_lookup and torch.is_grad_enabled() and head.weight.requires_grad
         tied, shared = _tied_embedding(model, head) if needs_grad else None, None
         if tied is not None:
             shared = _SharedGrad()
@@ -161,9 +161,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 # Tied input and output embeddings (GPT-2, Gemma): the matrix gets two gradients, a dense one from the
 # head and one from the lookup that touches only the rows of the batch's tokens. Autograd would give the
 # lookup a zero-filled (V, C) gradient of its own and then add the two: for GPT-2 two full passes over
-# 39M values a step (36 ms of ~660 ms on 2 cores), for Gemma 3 over 168M. Instead the head's backward
+# 39M values a step, for Gemma 3 over 168M. Instead the head's backward
 # hands its gradient over and the lookup's backward adds its rows into it: one gradient, as autograd's.
-TIED_LOOKUP = True  # False: autograd's own gradient for the lookup (the benchmark's ablation)
 SCALED_EMBEDDINGS = ("Gemma3TextScaledWordEmbedding", "Gemma4TextScaledWordEmbedding")
 
 

@@ -6,10 +6,11 @@ per-parameter loop; on CUDA its foreach kernels), no gradient clipping, the syst
 model's activations as written, IEEE fp32 matmuls on CUDA; generation one sequence at a time,
 recomputing the whole sequence for every new token (no KV cache).
 Fast path (what ``heed train`` / ``heed generate`` do): bf16 autocast where the hardware has it,
-logits and their gradients only at supervised positions (``heed.loss``), fused AdamW with clipping
-at 1.0 (heed's default) folded into its kernel (``heed.optim``), mimalloc on Linux CPUs
-(``heed.allocator``), fused GELU, short rows' attention written out on CPUs (``heed.attention``),
-the tied embedding's gradient written once (``heed.loss``), TF32 on CUDA; optionally packing
+logits and their gradients only at supervised positions (``heed.train.loss``), fused AdamW with clipping
+at 1.0 (heed's default) folded into its kernel (``heed.train.optim``), mimalloc on Linux CPUs
+(``heed.runtime.allocator``), fused GELU, short rows' attention written out on CPUs
+(``heed.model.attention``), the tied embedding's gradient written once (``heed.train.loss``), TF32 on
+CUDA — each a switch of ``heed.config.FastPath``, all driven through ``heed train``'s own step; optionally packing
 (``--pack``), a larger token budget per step and ``torch.compile`` with static shapes; batched
 generation with a KV cache under bf16 (dynamic, static, or static with a compiled step).
 
@@ -31,39 +32,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from heed import allocator
-from heed import loss as loss_module
-from heed.attention import use_short_attention
-from heed.config import GenerateConfig
+from heed.config import FastPath, GenerateConfig, at_least, check_fields, opt, validate
 from heed.data.batch import make_batch
 from heed.data.encode import encode_records, prompt_ids
 from heed.data.records import load_records
 from heed.data.tasks import make_tasks
 from heed.data.templates import get_template
-from heed.device import autocast, choose_device, enable_tf32, resolve_precision
 from heed.generate import generate_ids, make_decoder
-from heed.loss import compile_body, loss_sum
-from heed.model import fuse_activations, load_model, load_tokenizer
-from heed.optim import clipped_step, make_optimizer
+from heed.model import load_model, load_tokenizer
+from heed.runtime import allocator
+from heed.runtime.device import autocast, choose_device, enable_tf32, resolve_precision
+from heed.train.loop import train_step
+from heed.train.loss import compile_body
+from heed.train.optim import make_optimizer
 
 H100_BF16_PEAK = 989e12
 
 
 @dataclass
 class BenchConfig:
-    model: str = "random:gpt2"
-    data: str | None = None  # instruction records; None = built-in tasks
-    batch_size: int = 8
-    steps: int = 6  # timed training steps (after 2 warmup steps)
-    gen_prompts: int = 8
-    gen_tokens: int = 32
-    device: str = "auto"
-    pack_length: int = 256  # rows of the packed measurements (heed train --pack-length)
-    budget_scale: int = 4  # the larger-token-budget measurement: batch_size x this, packed
-    ablation: bool = False  # also measure the fast path with each piece taken out
-    compile: bool = False  # also measure compiled training (always measured on CUDA)
+    model: str = opt("random:gpt2", "model spec (repeat --model to measure several)", cli=False)
+    data: str | None = opt(None, "instruction records (default: built-in tasks)", metavar="FILE")
+    batch_size: int = opt(8, "examples a step", check=at_least(1))
+    steps: int = opt(6, "timed training steps (after 2 warmup steps)", check=at_least(1))
+    gen_prompts: int = opt(8, "prompts generated for", check=at_least(1))
+    gen_tokens: int = opt(32, "new tokens per prompt", check=at_least(1))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    pack_length: int = opt(256, "rows of the packed measurements (heed train --pack-length)", check=at_least(2))
+    budget_scale: int = opt(4, "the larger-budget measurement packs this many batches into one step",
+                            check=at_least(1))
+    ablation: bool = opt(False, "also measure the fast path with each piece taken out")
+    compile: bool = opt(False, "also measure compiled training with static shapes (always measured on CUDA)")
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
 
 
 def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
@@ -90,11 +93,6 @@ def _peak_bytes(device: torch.device) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def _reference_loss(model: Any, batch: Any) -> torch.Tensor:
-    logits = model(input_ids=batch.inputs).logits  # (B, T, V): every position, whole vocabulary
-    return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
 
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
@@ -128,59 +126,56 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 CUDA_ABLATIONS = {"fast, IEEE fp32 where autocast leaves fp32 (no TF32)": FAST | {"tf32": False}}
 
 
+def fast_path(features: dict[str, Any]) -> FastPath:
+    """The library's feature set for one measurement's switches."""
+    return FastPath(head=features["head"], tied_lookup=features["tied_lookup"],
+                    fused_adamw=features["optimizer"] == "fused", fold_clip=features["fold_clip"],
+                    fused_act=features["fused_act"], short_attn=features["short_attn"])
+
+
 def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
+    """Training tokens/s of one set of features, through ``heed train``'s own step (``train_step``)."""
     device = choose_device(cfg.device)
     if device.type == "cuda":
         enable_tf32(features["tf32"])  # the reference runs in IEEE fp32, as PyTorch does by default
+    fast = fast_path(features)
     tokenizer = load_tokenizer(cfg.model)
     examples = _examples(cfg, tokenizer)
-    model = load_model(cfg.model, fast=False).to(device).train()
-    if features["fused_act"]:
-        fuse_activations(model)
-    if features["short_attn"]:
-        use_short_attention(model)
-    loss_module.TIED_LOOKUP = features["tied_lookup"]  # this process measures one set of features
+    model = load_model(cfg.model, fast=fast).to(device).train()
     precision = resolve_precision(features["precision"], device)
-    params = list(model.parameters())
-    optimizer = (make_optimizer(params, 1e-5, 0.1) if features["optimizer"] == "fused"
-                 else torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1))
+    optimizer = make_optimizer(list(model.parameters()), 1e-5, 0.1, fused=fast.fused_adamw)
     pad = tokenizer.pad_token_id
     size = cfg.batch_size * (cfg.budget_scale if features["budget"] else 1)
     groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
     groups = [groups[step % len(groups)] for step in range(cfg.steps + 2)]  # 2 warmup steps, then the timed ones
     capacity = cfg.pack_length if features["pack"] else None
-    batches = [make_batch(g, pad, pack_capacity=capacity, static=features["compile"]).to(device) for g in groups]
-    warmup, timed = batches[:2], batches[2:]
-    if features["compile"]:
+    static = features["compile"]
+    batches = [make_batch(g, pad, pack_capacity=capacity, static=static) for g in groups]  # for the counts
+    warmup, timed = groups[:2], groups[2:]
+    if static:
         compile_body(model)
-        shapes = {tuple(b.inputs.shape) for b in warmup}
-        for b in timed:  # every shape the timed steps will see compiles before the clock starts
+        shapes = {tuple(b.inputs.shape) for b in batches[:2]}
+        for g, b in zip(timed, batches[2:]):  # every shape the timed steps will see compiles before the clock starts
             if tuple(b.inputs.shape) not in shapes:
                 shapes.add(tuple(b.inputs.shape))
-                warmup.append(b)
+                warmup.append(g)
 
-    def train_step(batch: Any) -> None:
-        if features["head"] == "supervised":
-            loss = loss_sum(model, batch, precision, device) / batch.supervised_tokens
-        else:
-            with autocast(precision, device):
-                loss = _reference_loss(model, batch)
-        loss.backward()
-        clipped_step(optimizer, params, features["clip"], fold=features["fold_clip"])
-        optimizer.zero_grad(set_to_none=True)
+    def step(group: list[Any]) -> None:
+        train_step(model, optimizer, None, group, grad_accum=1, pad_id=pad, clip=features["clip"],
+                   precision=precision, device=device, pack_capacity=capacity, static=static, fast=fast)
 
     started = time.perf_counter()
-    for batch in warmup:
-        train_step(batch)
+    for group in warmup:
+        step(group)
     _sync(device)
     warmup_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    for batch in timed:
-        train_step(batch)
+    for group in timed:
+        step(group)
     _sync(device)
     seconds = time.perf_counter() - started
-    tokens = sum(b.tokens for b in timed)
-    supervised = sum(b.supervised_tokens for b in timed)
+    tokens = sum(b.tokens for b in batches[2:])
+    supervised = sum(b.supervised_tokens for b in batches[2:])
     lengths = [len(e.input_ids) - 1 for g in groups[2:] for e in g]
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
@@ -214,7 +209,7 @@ def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     prompts = prompt_ids([template.prompt(r["instruction"], r["input"]) for r in records], tokenizer, template)
     if device.type == "cuda":
         enable_tf32(mode != "reference")
-    model = load_model(cfg.model, fast=mode != "reference").to(device).eval()
+    model = load_model(cfg.model, fast=FastPath.none() if mode == "reference" else FastPath()).to(device).eval()
     precision = "fp32" if mode == "reference" else resolve_precision("auto", device)
     gen = GenerateConfig(max_new_tokens=cfg.gen_tokens, cache="dynamic" if mode == "reference" else mode)
     out: dict[str, Any] = {"mode": mode, "precision": precision}
@@ -257,7 +252,7 @@ def matmul_peak(device: torch.device) -> float:
 
 def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh process, so its allocator and peak memory are its own."""
-    args = [sys.executable, "-m", "heed.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
+    args = [sys.executable, "-m", "heed.commands.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
     env = allocator.environment(os.environ, fast=features["allocator"] == "mimalloc") | {"TQDM_DISABLE": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -363,3 +358,38 @@ def main_child(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main_child(sys.argv[1:])
+
+
+def cmd_bench(args: Any) -> int:
+    import datetime
+    import sys
+
+    from heed.commands.options import configure
+    from heed.io import write_text
+
+    sections = []
+    for model in args.model or ["random:gpt2"]:
+        cfg = configure(BenchConfig, args, BenchConfig(model=model))
+        validate(cfg)
+        results = run(cfg, log=lambda m: print(m, file=sys.stderr))
+        sections.append(table(results))
+        print(sections[-1] + "\n")
+    if args.out:
+        stamp = datetime.date.today().isoformat()
+        head = (f"## {stamp}: `heed bench` on {results['device']}, torch {torch.__version__}\n\n"
+                f"Data: {cfg.data or 'built-in tasks'}; {cfg.steps} timed steps after 2 warmup steps; "
+                f"generation of {cfg.gen_tokens} new tokens for {cfg.gen_prompts} prompts.\n\n")
+        old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else "# Benchmarks\n\n"
+        write_text(args.out, old.rstrip() + "\n\n" + head + "\n\n".join(sections) + "\n")
+        print(f"appended to {args.out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    from heed.commands.options import add_flags
+
+    p = sub.add_parser("bench", help="training and generation throughput: heed's fast path vs the original loop")
+    p.add_argument("--model", action="append", help="model spec (repeatable; default random:gpt2)")
+    add_flags(p, BenchConfig)
+    p.add_argument("--out", help="append the tables to this Markdown file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=cmd_bench)

@@ -16,9 +16,12 @@ import torch
 EPS = 1e-6  # what torch.nn.utils.clip_grad_norm_ adds to the norm
 
 
-def make_optimizer(params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float) -> Any:
-    """AdamW, fused where torch has a fused kernel for the parameters' device (CUDA, and CPU since torch 2.4):
-    on 2 CPU cores it cuts GPT-2's optimizer step from 0.77 s to 0.15 s."""
+def make_optimizer(params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float, *,
+                   fused: bool = True) -> Any:
+    """AdamW, fused where torch has a fused kernel for the parameters' device (CUDA, and CPU since torch 2.4);
+    ``fused=False`` is torch's default implementation (the original design's)."""
+    if not fused:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except RuntimeError:
@@ -34,8 +37,8 @@ def grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     """The global L2 norm of the parameters' gradients (a 0-d tensor on their device)."""
     grads = [p.grad for p in params if p.grad is not None]
     if grads and all(g.device.type == "cpu" and g.dtype == torch.float32 and g.is_contiguous() for g in grads):
-        # BLAS dot products: on 2 CPU cores half the time of torch's norm kernels (GPT-2's 124M gradients:
-        # 14 ms instead of 28 ms a step); the sum of squares is accumulated in fp64.
+        # BLAS dot products: on CPUs faster than torch's norm kernels (BENCHMARKS.md); the sum of squares is
+        # accumulated in fp64.
         squares = torch.stack([torch.dot(g.view(-1), g.view(-1)) for g in grads])
         return squares.double().sum().sqrt().float()
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
@@ -47,7 +50,7 @@ def clipped_step(optimizer: Any, params: Sequence[torch.nn.Parameter], clip: flo
                  fold: bool = True) -> None:
     """``clip_grad_norm_(params, clip)`` then ``optimizer.step()``; folded into the kernel when fused.
 
-    ``fold=False`` always clips with a separate pass (the benchmark's ablation).
+    ``fold=False`` always clips with a separate pass (``FastPath.fold_clip``).
     """
     if not clip:
         optimizer.step()

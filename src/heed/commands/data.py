@@ -1,0 +1,115 @@
+"""``heed inspect`` and ``heed data check``: what the model is trained on, before any training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from heed.commands.options import add_flags, configure
+from heed.config import DataConfig, validate
+from heed.errors import HeedError
+
+SPLIT_FIELDS = ("train_frac", "test_frac", "shuffle", "split_seed", "val_file", "test_file")
+
+
+def data_flags(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+    g = p.add_argument_group("data")
+    add_flags(g, DataConfig, skip=() if split else SPLIT_FIELDS, required=("data",))
+
+
+def data_config(args: argparse.Namespace, model: str) -> DataConfig:
+    """The data flags as a validated config, template and max length resolved for ``model``."""
+    from heed.model import resolve_data
+
+    cfg = configure(DataConfig, args)
+    validate(cfg)
+    return resolve_data(cfg, model)
+
+
+def _use_color(choice: str) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from heed.data.encode import encode_records
+    from heed.data.maskview import as_json, render
+    from heed.data.records import FieldMap, load_records
+    from heed.data.templates import get_template
+    from heed.model import load_tokenizer
+
+    cfg = data_config(args, args.model)
+    template = get_template(cfg.template)
+    records = load_records(cfg.data, FieldMap.parse(cfg.fields))
+    if not 0 <= args.index < len(records):
+        raise HeedError(f"{cfg.data}: --index {args.index} is out of range; the file has records 0 to {len(records) - 1}")
+    tokenizer = load_tokenizer(args.model)
+    record = records[args.index]
+    policy = "drop" if cfg.overlong == "error" else cfg.overlong
+    examples, report = encode_records([record], template, tokenizer, max_length=cfg.max_length, policy=policy,
+                                      train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+    note = ""
+    if not examples:  # show the example whole, and say what training does with it
+        examples, _ = encode_records([record], template, tokenizer, max_length=10**9,
+                                     train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+        note = f"training skips this record ({report.summary()}; --overlong {cfg.overlong})"
+    example = examples[0]
+    if args.json:
+        out = as_json(example, tokenizer) | {"template": template.name, "max_length": cfg.max_length}
+        if note:
+            out["note"] = note
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(render(example, tokenizer, color=_use_color(args.color)))
+        if note:
+            print(f"note: {note}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from heed.data import load_split
+    from heed.data.audit import audit, render
+    from heed.data.templates import get_template
+    from heed.model import load_tokenizer
+
+    cfg = data_config(args, args.model)
+    template = get_template(cfg.template)
+    records, split = load_split(cfg)
+    tokenizer = load_tokenizer(args.model)
+    result = audit(records, split, template, tokenizer, max_length=cfg.max_length, policy=cfg.overlong,
+                   train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(render(result))
+    return 0 if result.trainable else 2
+
+
+MODEL_HELP = "a model directory, hub id, or random:<preset> (only its tokenizer is used)"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show one formatted example with the tokens that are trained on",
+                       description="Show one formatted example, each token coloured by whether the loss sees it.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    data_flags(p, split=False)
+    p.add_argument("--index", type=int, default=0, help="record to show, counted from 0 (default 0)")
+    p.add_argument("--json", action="store_true", help="print {tokens, input_ids, labels, ...} as JSON")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("data", help="data tools (data check)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = data_sub.add_parser("check", help="audit a data file before training",
+                            description="Audit a data file: duplicates, lengths, masking, split leakage. "
+                                        "Exit 0 when trainable, 2 with reasons when not.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    data_flags(p)
+    p.add_argument("--json", action="store_true", help="print the audit as JSON")
+    p.set_defaults(func=cmd_data_check)

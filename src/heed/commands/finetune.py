@@ -1,0 +1,62 @@
+"""The finetune job, what ``heed train`` runs: train → save → generate the test split → score it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from heed.config import FastPath, GenerateConfig, RunConfig
+from heed.io import write_json
+from heed.runtime.progress import log as _log
+from heed.train import Trained, save_run, train
+from heed.train.loop import LoopState, Setup
+
+Log = Callable[[str], None]
+
+
+def epoch_sample(log: Log, max_new_tokens: int = 35) -> Callable[[Setup, int], None]:
+    """After every epoch, a greedy response to the first validation record (else the first training one),
+    to watch the model learn the format."""
+    from heed.generate import generate_responses
+
+    def sample(s: Setup, epoch: int) -> None:
+        first = (s.split.val or s.split.train)[0]
+        response = generate_responses(s.model, s.tokenizer, s.template, [first],
+                                      GenerateConfig(max_new_tokens=max_new_tokens))[0]
+        log(f"sample after epoch {epoch}: {response!r}")
+
+    return sample
+
+
+def test_responses(trained: Trained, out: Path, log: Log) -> None:
+    """Responses for the test split (``test-with-response.json``) and their scores (``test-scores.json``)."""
+    from heed.evaluate.metrics import render, score
+    from heed.generate import generate_responses, with_responses
+
+    test = trained.split.test
+    started = time.perf_counter()
+    gen = GenerateConfig(max_new_tokens=trained.run.train.max_new_tokens)
+    responses = generate_responses(trained.model, trained.tokenizer, trained.template, test, gen)
+    path = out / "test-with-response.json"
+    records = with_responses(test, responses)
+    write_json(path, records)
+    log(f"test responses: {len(test)} in {time.perf_counter() - started:.1f}s -> {path}")
+    scores = score(records)
+    write_json(out / "test-scores.json", scores.to_dict())
+    log(render(scores, "test split:"))
+
+
+def finetune(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log,
+             fast: FastPath = FastPath(), on_step: Callable[[LoopState], None] | None = None) -> Trained:
+    """Train, write the model and its records to ``run.train.out``, then answer and score the test split."""
+    on_epoch_end = epoch_sample(log) if run.train.sample_every_epoch else None
+    trained = train(run, resume=resume, log=log, fast=fast, on_step=on_step, on_epoch_end=on_epoch_end)
+    out = save_run(trained)
+    result = trained.result
+    if run.train.generate_test and trained.split.test:
+        test_responses(trained, out, log)
+    log(f"done: {result.steps} steps in {result.seconds:.1f}s; best val loss "
+        + (f"{result.best_val_loss:.3f} at step {result.best_step}" if result.best_val_loss is not None else "n/a")
+        + f"; model saved to {out}")
+    return trained

@@ -1,0 +1,93 @@
+"""``heed generate`` and ``heed chat``: responses from a model with its saved template."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from heed.commands.options import add_flags, configure
+from heed.config import GenerateConfig, validate
+from heed.errors import HeedError
+
+
+def generate_config(args: argparse.Namespace) -> GenerateConfig:
+    cfg = configure(GenerateConfig, args)
+    validate(cfg)
+    return cfg
+
+
+def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from heed.data.templates import get_template
+    from heed.model import load_model, load_tokenizer, read_meta
+    from heed.runtime.device import choose_device
+
+    template = get_template(args.template or read_meta(args.model).get("template") or "alpaca")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model).to(choose_device(args.device))
+    return model, tokenizer, template
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from heed.data.records import FieldMap, Record, load_records
+    from heed.generate import generate_responses, responses_path, with_responses
+    from heed.io import write_json
+    from heed.runtime.progress import progress
+
+    cfg = generate_config(args)
+    if bool(args.data) == bool(args.instruction):
+        raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
+    records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False) if args.data
+               else [Record(0, args.instruction, args.input or "", None, {})])
+    model, tokenizer, template = load_for_generation(args)
+    if args.instruction:
+        print(generate_responses(model, tokenizer, template, records, cfg)[0])
+        return 0
+    with progress(len(records), "generate", "record") as bar:
+        responses = generate_responses(model, tokenizer, template, records, cfg, progress=bar.update)
+    path = Path(args.out) if args.out else responses_path(args.data)
+    write_json(path, with_responses(records, responses))
+    print(f"wrote {len(records)} responses to {path}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from heed.data.records import Record
+    from heed.generate import generate_responses
+
+    cfg = generate_config(args)
+    model, tokenizer, template = load_for_generation(args)
+    print(f"heed chat with {args.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        print(generate_responses(model, tokenizer, template, [Record(0, line, "", None, {})], cfg)[0], flush=True)
+    return 0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory (heed-trained: its template is used)")
+    p.add_argument("--template", help="override the template (default: the model's heed.json, else alpaca)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_flags(p, GenerateConfig)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("generate", help="responses for a data file or one instruction",
+                       description="Write <data>-with-response.json (records + model_response), or print one answer.")
+    _model_flags(p)
+    p.add_argument("--data", metavar="FILE", help="records to answer (instruction, optional input)")
+    p.add_argument("--fields", metavar="MAP", help="column names, as for heed train")
+    p.add_argument("--out", metavar="FILE", help="where to write (default: <data>-with-response.json beside it)")
+    p.add_argument("--instruction", help="answer this one instruction and print the response")
+    p.add_argument("--input", help="optional input for --instruction")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="a small interactive loop over a model")
+    _model_flags(p)
+    p.set_defaults(func=cmd_chat)

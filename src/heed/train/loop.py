@@ -1,0 +1,400 @@
+"""Stage: the training loop — set up, fit (step, evaluate, early stop, checkpoint), finish.
+
+Reads top to bottom like nanoGPT's train.py; each helper does one thing. The loss is plain
+cross-entropy between ``logits[:, t]`` and ``targets[:, t]`` because collate already shifted.
+``train`` returns the trained model with its result; writing it out, generating the test split's
+responses and scoring them is the finetune job's (``heed.commands.finetune``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heed.config import FastPath, RunConfig, validate
+from heed.data import load_split
+from heed.data.batch import batch_order, iter_batches, make_batch
+from heed.data.encode import EncodeReport, Example, encode_records
+from heed.data.records import Record, Split
+from heed.data.templates import Template, get_template
+from heed.errors import HeedError
+from heed.model import load_model, load_tokenizer, resolve_data
+from heed.model.lora import add_adapters, merged
+from heed.runtime import allocator
+from heed.runtime.compile import BUCKET
+from heed.runtime.device import choose_device, resolve_precision
+from heed.runtime.progress import log as _log
+from heed.runtime.progress import progress
+from heed.train import checkpoint
+from heed.train.loss import compile_body, loss_sum
+from heed.train.optim import clipped_step, make_optimizer
+from heed.train.save import check_out, clear_out
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: everything a checkpoint needs to continue exactly where it stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    tokens_seen: int
+    best_step: int | None
+    best_val_loss: float | None
+    final_train_loss: float | None
+    final_val_loss: float | None
+    stopped_early: bool
+    seconds: float
+    metrics: list[dict[str, Any]]
+
+
+@dataclass
+class Setup:
+    """What the loop works on: data, model, optimizer, and the run's resolved settings."""
+
+    run: RunConfig
+    device: torch.device
+    precision: str
+    template: Template
+    tokenizer: Any
+    split: Split
+    records: list[Record]
+    report: EncodeReport
+    train_examples: list[Example]
+    val_examples: list[Example]
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    total_steps: int
+    drop_last: bool
+    fast: FastPath
+    audit: dict[str, Any] | None = None
+
+
+@dataclass
+class Trained:
+    """A finished run: the model (adapters merged, fp32, eval mode) and what it needs to be saved and used."""
+
+    model: Any
+    tokenizer: Any
+    template: Template
+    run: RunConfig
+    result: TrainResult
+    split: Split
+    report: EncodeReport
+    precision: str
+    device: torch.device
+    audit: dict[str, Any] | None = None
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, loss: float):
+        super().__init__(f"the training loss is {loss}")
+        self.loss = loss
+
+
+@torch.no_grad()
+def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id: int, num_batches: int,
+             precision: str, device: torch.device, static: bool = False, fast: FastPath = FastPath()) -> float | None:
+    """Mean loss per supervised token over the first ``num_batches`` batches (None without examples)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    bucket = BUCKET if static else None
+    for i, batch in enumerate(iter_batches(examples, batch_size, pad_id, pad_to_multiple_of=bucket)):
+        if i >= num_batches:
+            break
+        total += float(loss_sum(model, batch.to(device), precision, device, fast))
+        tokens += batch.supervised_tokens
+    model.train(was_training)
+    return total / tokens
+
+
+def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Example], *, grad_accum: int,
+               pad_id: int, clip: float | None, precision: str, device: torch.device,
+               pack_capacity: int | None = None, static: bool = False, fast: FastPath = FastPath()) -> float:
+    """One optimizer step over ``examples`` split into ``grad_accum`` micro-batches; the mean loss.
+
+    Each micro-batch's summed loss is divided by the supervised tokens of the whole step, so the
+    gradient is the per-token mean over the step — not a mean of micro-batch means. With
+    ``pack_capacity`` each micro-batch is packed into padding-free rows of at most that many tokens;
+    ``static`` buckets batch shapes for a compiled model (``make_batch``). A loss that is not finite
+    raises ``NonFiniteLoss`` before the weights change.
+    """
+    supervised = sum(e.supervised_tokens for e in examples)
+    size = math.ceil(len(examples) / grad_accum)
+    total = 0.0
+    for start in range(0, len(examples), size):
+        micro = examples[start:start + size]
+        batch = make_batch(micro, pad_id, pack_capacity=pack_capacity, static=static).to(device)
+        loss = loss_sum(model, batch, precision, device, fast)
+        (loss / supervised).backward()
+        total += float(loss.detach())
+    if not math.isfinite(total):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(total / supervised)
+    clipped_step(optimizer, [p for p in model.parameters() if p.requires_grad], clip, fold=fast.fold_clip)
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / supervised
+
+
+def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
+    """Linear warmup, then constant or cosine decay to 10% of the peak learning rate."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def absolute_paths(run: RunConfig) -> RunConfig:
+    """``run`` with its input files and a local model as absolute paths, so that a checkpoint or run.yaml
+    resumes and reproduces from any working directory."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    data = replace(run.data, data=absolute(run.data.data), val_file=absolute(run.data.val_file),
+                   test_file=absolute(run.data.test_file))
+    model = run.train.model
+    if model and not model.startswith("random:") and Path(model).expanduser().exists():
+        model = absolute(model)
+    return RunConfig(data, replace(run.train, model=model))
+
+
+def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resuming: bool = False) -> Setup:
+    """Validate the configuration, load and encode the data, then load the model and make the optimizer.
+
+    Everything about the data is checked before the model loads.
+    """
+    validate(run)
+    tcfg = run.train
+    if not tcfg.model:
+        raise HeedError("heed train needs --model (or --resume DIR)")
+    if not run.data.data:
+        raise HeedError("heed train needs --data (or --resume DIR)")
+    out = Path(tcfg.out)
+    check_out(out, overwrite=tcfg.overwrite, resuming=resuming)
+    random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    device = choose_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
+
+    records, split = load_split(run.data)
+    run = absolute_paths(RunConfig(resolve_data(run.data, tcfg.model), tcfg))  # what heed.json and run.yaml record
+    dcfg, tcfg = run.data, run.train
+    template = get_template(dcfg.template)
+    tokenizer = load_tokenizer(tcfg.model)
+    encode = dict(template=template, tokenizer=tokenizer, max_length=dcfg.max_length, policy=dcfg.overlong,
+                  train_on_prompt=dcfg.train_on_prompt, source=dcfg.data)
+    train_examples, report = encode_records(split.train, **encode)
+    val_examples, _ = encode_records(split.val, **encode)
+    if not train_examples:
+        raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
+                        "check it with `heed data check`")
+    audit = None
+    if tcfg.audit:
+        from heed.data.audit import audit as run_audit
+
+        audit = run_audit(records, split, template, tokenizer, max_length=dcfg.max_length, policy=dcfg.overlong,
+                          train_on_prompt=dcfg.train_on_prompt, source=dcfg.data).to_dict()
+    log(f"data: {len(split.train)} train / {len(split.val)} val / {len(split.test)} test records; "
+        f"train {report.summary()}")
+
+    model = load_model(tcfg.model, seed=tcfg.seed, fast=fast)
+    clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
+    if tcfg.lora:
+        if precision == "bf16":
+            # Frozen weights need no fp32 master copy: holding them in bf16 saves autocast's cast of
+            # every weight on every step. Adapters stay fp32.
+            model = model.to(torch.bfloat16)
+        model = add_adapters(model, tcfg.lora)
+    model.to(device).train()
+    if tcfg.compile:
+        compile_body(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, tcfg.lr, tcfg.weight_decay, fused=fast.fused_adamw)
+    drop_last = len(train_examples) >= tcfg.batch_size
+    steps_per_epoch = len(batch_order(len(train_examples), tcfg.batch_size, shuffle=False, seed=0, drop_last=drop_last))
+    total_steps = steps_per_epoch * tcfg.epochs
+    if tcfg.max_steps:
+        total_steps = min(total_steps, tcfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
+    log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}"
+        + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "") + "; "
+        f"{total_steps} steps")
+    return Setup(run, device, precision, template, tokenizer, split, records, report, train_examples, val_examples,
+                 model, optimizer, scheduler, total_steps, drop_last, fast, audit)
+
+
+class Loop:
+    """The loop over one run's steps; ``state`` is all that changes, and all a checkpoint needs."""
+
+    def __init__(self, s: Setup, state: LoopState, best: dict[str, torch.Tensor] | None, log: Log,
+                 on_step: Callable[[LoopState], None] | None, on_epoch_end: Callable[[Setup, int], None] | None):
+        self.s, self.state, self.best, self.log = s, state, best, log
+        self.on_step, self.on_epoch_end = on_step, on_epoch_end
+        self.cfg = s.run.train
+        self.out = Path(self.cfg.out)
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.state.seconds + time.perf_counter() - self.started
+
+    def save_checkpoint(self, finished: bool = False) -> Path:
+        s = self.s
+        return checkpoint.save(self.out, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+                               loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best,
+                               finished=finished)
+
+    def evaluate(self) -> dict[str, Any]:
+        s, cfg, state = self.s, self.cfg, self.state
+        kw = dict(batch_size=cfg.batch_size, pad_id=s.tokenizer.pad_token_id, num_batches=cfg.eval_batches,
+                  precision=s.precision, device=s.device, static=cfg.compile, fast=s.fast)
+        row = {"step": state.step, "epoch": min(state.epoch + 1, cfg.epochs), "tokens_seen": state.tokens_seen,
+               "train_loss": evaluate(s.model, s.train_examples, **kw), "val_loss": evaluate(s.model, s.val_examples, **kw),
+               "lr": s.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)}
+        state.metrics.append(row)
+        val = row["val_loss"]
+        if val is not None and (state.best_val is None or val < state.best_val - cfg.min_delta):
+            state.best_val, state.best_step, state.bad_evals = val, state.step, 0
+            if cfg.patience:
+                self.best = {n: p.detach().cpu().clone() for n, p in s.model.named_parameters() if p.requires_grad}
+        elif val is not None:
+            state.bad_evals += 1
+        self.log(f"ep {row['epoch']} step {row['step']:>5}: train loss {row['train_loss']:.3f}, "
+                 + (f"val loss {val:.3f}" if val is not None else "no val") + f", tokens seen {row['tokens_seen']:,}")
+        return row
+
+    def step(self, examples: list[Example]) -> float:
+        s, cfg, state = self.s, self.cfg, self.state
+        pack = min(cfg.pack_length, s.run.data.max_length) if cfg.pack else None
+        try:
+            loss = self.train_step(examples, pack)
+        except NonFiniteLoss as e:
+            kept = (f"the last checkpoint ({self.out / checkpoint.CHECKPOINT}) is kept" if cfg.checkpoint_every
+                    else "nothing was saved")
+            raise HeedError(f"step {state.step + 1}: {e}; training stopped before the weights changed and "
+                            f"{kept}. Lower --lr (now {cfg.lr}) or check the data") from None
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.tokens_seen += sum(len(e.input_ids) - 1 for e in examples)
+        return loss
+
+    def train_step(self, examples: list[Example], pack: int | None) -> float:
+        s, cfg = self.s, self.cfg
+        return train_step(s.model, s.optimizer, s.scheduler, examples, grad_accum=cfg.grad_accum,
+                          pad_id=s.tokenizer.pad_token_id, clip=cfg.clip, precision=s.precision, device=s.device,
+                          pack_capacity=pack, static=cfg.compile, fast=s.fast)
+
+    def run_epoch(self, bar: Any) -> None:
+        s, cfg, state = self.s, self.cfg, self.state
+        order = batch_order(len(s.train_examples), cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
+                            drop_last=s.drop_last)
+        while state.batch_in_epoch < len(order) and state.step < s.total_steps:
+            loss = self.step([s.train_examples[i] for i in order[state.batch_in_epoch]])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if state.step == 1 or state.step % cfg.eval_every == 0:
+                self.evaluate()
+                if cfg.patience and state.bad_evals >= cfg.patience:
+                    state.stopped_early = True
+                    self.log(f"early stop at step {state.step}: no validation improvement in {cfg.patience} "
+                             f"evaluations (best {state.best_val:.3f} at step {state.best_step})")
+                    return
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if self.on_step:
+                self.on_step(state)
+        if state.batch_in_epoch >= len(order):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if self.on_epoch_end:
+                self.on_epoch_end(s, state.epoch)
+
+    def fit(self) -> None:
+        state = self.state
+        bar = progress(self.s.total_steps, "train", "step", initial=state.step)
+        try:
+            while state.epoch < self.cfg.epochs and state.step < self.s.total_steps and not state.stopped_early:
+                self.run_epoch(bar)
+        except KeyboardInterrupt:
+            bar.close()
+            state.seconds = self.elapsed()
+            path = self.save_checkpoint()
+            self.log(f"interrupted at step {state.step}; checkpoint saved to {path}; "
+                     f"continue with: heed train --resume {self.out}")
+            raise
+        finally:
+            bar.close()
+        state.seconds = self.elapsed()
+        self.started = time.perf_counter()  # the final evaluation's row counts from here, not twice
+
+
+def finish(s: Setup, loop: Loop) -> Trained:
+    """The last evaluation, the best weights restored, the final checkpoint, adapters merged."""
+    state = loop.state
+    if not state.metrics or state.metrics[-1]["step"] != state.step:
+        loop.evaluate()
+    last = state.metrics[-1]
+    if loop.best is not None and state.best_step != state.step:
+        s.model.load_state_dict(loop.best, strict=False)
+        loop.log(f"restored the best weights: step {state.best_step}, val loss {state.best_val:.3f}")
+    if s.run.train.checkpoint_every:
+        loop.save_checkpoint(finished=True)
+    result = TrainResult(Path(s.run.train.out), state.step, state.tokens_seen, state.best_step, state.best_val,
+                         last["train_loss"], last["val_loss"], state.stopped_early, state.seconds, state.metrics)
+    model = merged(s.model.float()).eval()  # merge adapters into fp32 weights
+    return Trained(model, s.tokenizer, s.template, s.run, result, s.split, s.report, s.precision, s.device, s.audit)
+
+
+def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log, fast: FastPath = FastPath(),
+          on_step: Callable[[LoopState], None] | None = None,
+          on_epoch_end: Callable[[Setup, int], None] | None = None) -> Trained:
+    """Finetune ``run.train.model`` on ``run.data``; the trained model and its result (nothing written
+    but checkpoints). ``resume`` is a loaded checkpoint; ``on_step`` is called after every step (it may
+    raise KeyboardInterrupt to stop the run with a checkpoint) and ``on_epoch_end(setup, epoch)`` after
+    every epoch."""
+    s = setup(run, fast=fast, log=log, resuming=resume is not None)
+    state, best = LoopState(), None
+    if resume:
+        s.model.load_state_dict(resume["model"])
+        s.optimizer.load_state_dict(resume["optimizer"])
+        s.scheduler.load_state_dict(resume["scheduler"])
+        state, best = LoopState(**resume["loop"]), resume["best_state"]
+        checkpoint.set_rng_state(resume["rng"])
+        log(f"resumed at step {state.step} (epoch {state.epoch + 1})")
+    loop = Loop(s, state, best, log, on_step, on_epoch_end)
+    loop.fit()
+    return finish(s, loop)

@@ -1,0 +1,110 @@
+"""What a finished training run leaves in ``--out``: the model directory with heed.json, the resolved
+configuration (run.yaml, which ``heed train --config`` takes back), the data audit (audit.json),
+metrics.jsonl and loss.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from heed import __version__
+from heed.errors import HeedError
+from heed.io import write_json, write_text
+from heed.model import save_model
+from heed.train.plot import plot_losses
+
+RUN_CONFIG = "run.yaml"
+# What heed writes into --out (the model directory's files included); --overwrite removes what an earlier
+# run left of these, and nothing else.
+OUTPUTS = ("heed.json", RUN_CONFIG, "audit.json", "metrics.jsonl", "loss.png", "test-with-response.json",
+           "test-scores.json", "checkpoint", "report.html", "report.md", "config.json", "generation_config.json",
+           "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab.json",
+           "merges.txt", "added_tokens.json", "chat_template.jinja", "adapter_config.json")
+TEMPORARY = (".model.", ".checkpoint.", ".assemble.")  # staging that a killed run can leave behind
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(TEMPORARY) or (name.startswith(".") and name.endswith((".tmp", ".old")))
+
+
+def check_out(out: Path, *, overwrite: bool, resuming: bool) -> None:
+    """Refuse an --out that cannot take this run's outputs, before anything loads or is written: a file,
+    a directory that cannot be written, or one holding other files (unless --overwrite or --resume)."""
+    if out.exists() and not out.is_dir():
+        raise HeedError(f"--out {out}: a file, not a directory; choose another --out")
+    if out.is_dir():
+        others = [p.name for p in out.iterdir() if not is_temporary(p.name)]
+        if others and not (overwrite or resuming):
+            raise HeedError(f"--out {out}: not empty ({len(others)} entries, e.g. {sorted(others)[0]}); choose a new "
+                            "--out, add --overwrite to replace the earlier run there, or --resume it")
+    parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise HeedError(f"--out {out}: {parent} is not a writable directory; choose another --out")
+
+
+def clear_out(out: Path, *, overwrite: bool) -> None:
+    """Remove heed's own temporaries left in ``out`` by a killed run, and with ``overwrite`` the outputs
+    of an earlier run, so none of them is mistaken for this run's."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        if is_temporary(path.name) or (overwrite and any(fnmatch(path.name, p) for p in OUTPUTS)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_meta(trained: Any) -> dict[str, Any]:
+    run, result = trained.run, trained.result
+    return {
+        "heed_version": __version__,
+        "template": run.data.template,
+        "max_length": run.data.max_length,
+        "train_on_prompt": run.data.train_on_prompt,
+        "masking": "none (prompt trained)" if run.data.train_on_prompt else "prompt masked (response + EOS)",
+        "base_model": run.train.model,
+        "precision": trained.precision,
+        "device": str(trained.device),
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "final_train_loss": result.final_train_loss,
+        "final_val_loss": result.final_val_loss,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.seconds, 2),
+        "split": trained.split.sizes(),
+        "encode": trained.report.to_dict(),
+        "config": run.to_dict(),
+    }
+
+
+def config_yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    head = "# The resolved configuration of this run: `heed train --config run.yaml` trains it again.\n"
+    return head + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def save_run(trained: Any, out: Path | None = None) -> Path:
+    """Write the trained model and the run's records to ``out`` (default: the run's ``--out``)."""
+    out = Path(out or trained.run.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # The model directory is written aside, then moved in file by file: never half a model.
+    staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    try:
+        save_model(trained.model, trained.tokenizer, staging, run_meta(trained))
+        for item in staging.iterdir():
+            item.replace(out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_text(out / RUN_CONFIG, config_yaml(trained.run.to_dict()))
+    if trained.audit is not None:
+        write_json(out / "audit.json", trained.audit)
+    metrics = trained.result.metrics
+    write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    plot_losses(metrics, out / "loss.png", best_step=trained.result.best_step)
+    return out
