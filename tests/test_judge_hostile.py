@@ -118,7 +118,7 @@ def test_timeout_bounds_a_whole_trickling_stream():
         start = time.monotonic()
         with pytest.raises(HeedError, match=r"gave up after 1 tries: no complete reply within 1 s"):
             judge(server.url, timeout=1.0, retries=0).ask("x")
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 3.0  # the old client waited for all 6 s
 
 
 def test_timeout_bounds_a_stream_of_real_chunks():
@@ -126,16 +126,17 @@ def test_timeout_bounds_a_stream_of_real_chunks():
     with FakeServer([trickle(piece, 0.1, 60), ollama_stream("42")]) as server:
         start = time.monotonic()
         assert judge(server.url, timeout=0.8, retries=1).ask("x") == "42"
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 3.0
 
 
 def test_deadline_bounds_the_run_and_keeps_what_was_judged(tmp_path, capsys):
     path = responses(tmp_path)
-    with FakeServer([ollama_stream("80"), trickle("\n", 0.1, 80)]) as server:
+    rule = by_content(lambda prompt: ollama_stream("80") if "Task 0." in prompt else trickle("\n", 0.1, 80))
+    with FakeServer([rule]) as server:
         start = time.monotonic()
         code = run("--responses", path, "--url", server.url, "--timeout", 30, "--deadline", 1, "--concurrency", 2)
         elapsed = time.monotonic() - start
-    assert code == 2 and elapsed < 2.0
+    assert code == 2 and elapsed < 3.0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the run's --deadline of 1 s ran out" in err and "1 of 4 records judged" in err
     out = json.loads((tmp_path / "test-judged.json").read_text())
@@ -148,7 +149,7 @@ def test_deadline_cuts_the_backoff_and_names_the_last_error():
         start = time.monotonic()
         with pytest.raises(HeedError, match=r"--deadline of 0.5 s ran out \(last try: HTTP 500: overloaded\)"):
             judge(server.url, retries=9, backoff=0.2, deadline=0.5).ask("x")
-        assert time.monotonic() - start < 0.9
+        assert time.monotonic() - start < 1.5  # the backoff alone would sleep 102 s
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
