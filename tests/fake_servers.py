@@ -1,7 +1,9 @@
 """Loopback HTTP servers that follow Ollama's /api/chat and the OpenAI /v1/chat/completions wire formats.
 
 Each server answers from a script: a list of behaviours consumed one request at a time (the last one
-repeats), so a test can stage 500s, timeouts, bad replies and errors inside a 200 stream.
+repeats), so a test can stage 500s, timeouts, bad replies and errors inside a 200 stream. A body is
+text, bytes (sent as they are, e.g. invalid UTF-8), or an iterable of pieces written one at a time
+with no Content-Length, the reply ending when the server closes the connection (a trickling stream).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-Behaviour = Callable[[dict[str, Any]], tuple[int, str, str]]  # request body -> (status, content type, body)
+Body = str | bytes | Iterable[str]
+Behaviour = Callable[[dict[str, Any]], tuple[int, str, Body]]  # request body -> (status, content type, body)
 
 
 def ollama_stream(text: str, model: str = "llama3") -> Behaviour:
@@ -45,6 +48,20 @@ def slow(seconds: float, then: Behaviour) -> Behaviour:
     return reply
 
 
+def raw(body: str | bytes, code: int = 200, ctype: str = "application/json") -> Behaviour:
+    """Exactly this body, however malformed."""
+    return lambda request: (code, ctype, body)
+
+
+def trickle(piece: str, every: float, pieces: int) -> Behaviour:
+    """Write ``piece`` every ``every`` seconds, ``pieces`` times, then close: a stream that never ends in time."""
+    def body():
+        for _ in range(pieces):
+            yield piece
+            time.sleep(every)
+    return lambda request: (200, "application/x-ndjson", body())
+
+
 def openai_reply(text: str) -> Behaviour:
     return lambda body: (200, "application/json", json.dumps(
         {"id": "x", "object": "chat.completion", "model": body["model"],
@@ -75,13 +92,19 @@ class FakeServer:
                     code, ctype, payload = behaviour(body)
                 except BrokenPipeError:
                     return
-                data = payload.encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    if isinstance(payload, (str, bytes)):
+                        data = payload.encode() if isinstance(payload, str) else payload
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                    self.end_headers()  # HTTP/1.0 without a length: the body ends when the connection closes
+                    for piece in payload:
+                        self.wfile.write(piece.encode())
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -90,7 +113,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def __enter__(self) -> "FakeServer":
         self.thread.start()

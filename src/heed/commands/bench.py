@@ -29,23 +29,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from heed.config import FastPath, GenerateConfig, at_least, check_fields, opt, validate
-from heed.data.batch import make_batch
-from heed.data.encode import encode_records, prompt_ids
-from heed.data.records import load_records
-from heed.data.tasks import make_tasks
-from heed.data.templates import get_template
-from heed.generate import generate_ids, make_decoder
-from heed.model import load_model, load_tokenizer
-from heed.runtime import allocator
-from heed.runtime.device import autocast, choose_device, enable_tf32, resolve_precision
-from heed.train.loop import train_step
-from heed.train.loss import compile_body
-from heed.train.optim import make_optimizer
+
+if TYPE_CHECKING:
+    import torch
 
 H100_BF16_PEAK = 989e12
 
@@ -70,6 +59,11 @@ class BenchConfig:
 
 
 def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
+    from heed.data.encode import encode_records
+    from heed.data.records import Record, load_records
+    from heed.data.tasks import make_tasks
+    from heed.data.templates import get_template
+
     from heed.data.records import Record
 
     if cfg.data and Path(cfg.data).is_file():
@@ -81,6 +75,8 @@ def _examples(cfg: BenchConfig, tokenizer: Any) -> list[Any]:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -135,6 +131,16 @@ def fast_path(features: dict[str, Any]) -> FastPath:
 
 def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     """Training tokens/s of one set of features, through ``heed train``'s own step (``train_step``)."""
+    import torch
+
+    from heed.data.batch import make_batch
+    from heed.model import load_model, load_tokenizer
+    from heed.runtime import allocator
+    from heed.runtime.device import choose_device, enable_tf32, resolve_precision
+    from heed.train.loop import train_step
+    from heed.train.loss import compile_body
+    from heed.train.optim import make_optimizer
+
     device = choose_device(cfg.device)
     if device.type == "cuda":
         enable_tf32(features["tf32"])  # the reference runs in IEEE fp32, as PyTorch does by default
@@ -190,18 +196,29 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
             "warmup_s": warmup_seconds, "warmup_steps": len(warmup)}
 
 
-@torch.no_grad()
-def _reference_generate(model: Any, prompt: list[int], new_tokens: int, device: torch.device) -> int:
+def _reference_generate(model: Any, prompt: list[int], new_tokens: int, device: "torch.device") -> int:
+    import torch
+
     ids = torch.tensor([prompt], device=device)
-    for _ in range(new_tokens):
-        logits = model(input_ids=ids).logits[:, -1]  # the whole sequence again, every step
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = model(input_ids=ids).logits[:, -1]  # the whole sequence again, every step
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return new_tokens
 
 
 def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
     """Generation tokens/s at batch 1 and batched. ``mode``: reference, or a KV cache (dynamic, static,
     compiled). One untimed call on the first batch first (for ``compiled``: the compile, reported)."""
+    import torch
+
+    from heed.data.encode import prompt_ids
+    from heed.data.tasks import make_tasks
+    from heed.data.templates import get_template
+    from heed.generate import generate_ids, make_decoder
+    from heed.model import load_model, load_tokenizer
+    from heed.runtime.device import autocast, choose_device, enable_tf32, resolve_precision
+
     device = choose_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model)
     template = get_template("alpaca")
@@ -239,6 +256,8 @@ def measure_generate(cfg: BenchConfig, mode: str) -> dict[str, Any]:
 
 def matmul_peak(device: torch.device) -> float:
     """Achieved FLOP/s of a large bf16 matmul: the CPU's practical peak (H100/H200: the spec sheet)."""
+    import torch
+
     if device.type == "cuda":
         return H100_BF16_PEAK
     a = torch.randn(2048, 2048, dtype=torch.bfloat16)
@@ -252,6 +271,8 @@ def matmul_peak(device: torch.device) -> float:
 
 def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh process, so its allocator and peak memory are its own."""
+    from heed.runtime import allocator
+
     args = [sys.executable, "-m", "heed.commands.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
     env = allocator.environment(os.environ, fast=features["allocator"] == "mimalloc") | {"TQDM_DISABLE": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
@@ -261,6 +282,8 @@ def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> 
 
 
 def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
+    from heed.runtime.device import choose_device
+
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
     modes = TRAIN_MODES | (COMPILED_MODES if cfg.compile or device.type == "cuda" else {})
@@ -281,6 +304,8 @@ def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
 
 
 def describe_device(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = platform.processor() or "CPU"
@@ -349,6 +374,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main_child(argv: list[str]) -> None:
+    import torch
+
     kind, mode, raw, features = argv
     cfg = BenchConfig(**json.loads(raw))
     torch.manual_seed(0)
@@ -363,6 +390,8 @@ if __name__ == "__main__":
 def cmd_bench(args: Any) -> int:
     import datetime
     import sys
+
+    import torch
 
     from heed.commands.options import configure
     from heed.io import write_text

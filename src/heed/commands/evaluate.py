@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,60 +57,93 @@ def _load_responses(path: str) -> list[dict[str, Any]]:
 def _judge(args: argparse.Namespace) -> Any:
     from heed.evaluate.judge import Judge, JudgeSpec
 
-    return Judge(JudgeSpec.parse(args.judge, args.url, timeout=args.timeout, retries=args.retries))
+    return Judge(JudgeSpec.parse(args.judge, args.url, timeout=args.timeout, retries=args.retries,
+                                 deadline=args.deadline))
+
+
+def _resume(out: Path, key: dict[str, Any], total: int, fresh: bool) -> dict[int, dict[str, Any]]:
+    from heed.evaluate.judging import resumable
+
+    if fresh:
+        return {}
+    done, note = resumable(out, key, total)
+    if note:
+        print(f"heed: note: {note}", file=sys.stderr)
+    elif done:
+        print(f"heed: resuming {out}: {len(done)} of {total} already judged", file=sys.stderr)
+    return done
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
     from heed.data.templates import get_template
-    from heed.evaluate.judging import judge_records
+    from heed.evaluate.judging import judge_records, raise_if_stopped, run_key
     from heed.evaluate.plot import plot_histogram
     from heed.io import write_json
     from heed.runtime.progress import progress
 
     records = _load_responses(args.responses)
     judge = _judge(args)
-    with progress(len(records), "judge", "record") as bar:
-        judged, summary = judge_records(records, get_template(args.template), judge.ask,
-                                        concurrency=args.concurrency, progress=bar.update)
     source = Path(args.responses)
     stem = source.stem.removesuffix("-with-response")
     out = Path(args.out) if args.out else source.with_name(f"{stem}-judged.json")
-    name = f"{judge.spec.backend}:{judge.spec.model}"
-    write_json(out, {"judge": name, "url": judge.spec.url, "summary": summary.to_dict(), "records": judged})
+    key = run_key(judge.spec.identity(), args.template, records)
+    done = _resume(out, key, len(records), args.fresh)
+    with progress(len(records), "judge", "record", initial=len(done)) as bar:
+        judged, summary = judge_records(records, get_template(args.template), judge.ask,
+                                        concurrency=args.concurrency, progress=bar.update, done=done)
+    if not any(r.get("judge_replies") for r in judged):  # the judge answered nothing: leave any earlier file alone
+        raise_if_stopped(summary, None, "records")
+    name = judge.spec.name
+    write_json(out, key | {"url": judge.spec.url, "complete": summary.stopped is None, "summary": summary.to_dict(),
+                           "records": judged})
     scores = [r["judge_score"] for r in judged if r["judge_score"] is not None]
     if scores:
         plot_histogram(scores, out.with_suffix(".png"), title=f"{stem}: {name}, mean {summary.mean:.1f}")
     print(summary.render(name))
     print(f"wrote {out}")
+    raise_if_stopped(summary, out, "records")
     return 0 if summary.scored else 2
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from heed.data.templates import get_template
-    from heed.evaluate.judging import compare_records
+    from heed.evaluate.judging import compare_records, raise_if_stopped, run_key
     from heed.io import write_json
     from heed.runtime.progress import progress
 
     a, b = _load_responses(args.a), _load_responses(args.b)
     judge = _judge(args)
-    with progress(len(a), "compare", "pair") as bar:
-        rows, summary = compare_records(a, b, get_template(args.template), judge.ask, concurrency=args.concurrency,
-                                        progress=bar.update)
     out = Path(args.out) if args.out else Path(args.a).with_name(f"{Path(args.a).stem}-vs-{Path(args.b).stem}.json")
-    write_json(out, {"a": args.a, "b": args.b, "judge": args.judge, "summary": summary.to_dict(), "records": rows})
+    key = run_key(judge.spec.identity(), args.template, a, b)
+    done = _resume(out, key, len(a), args.fresh) if len(a) == len(b) else {}
+    with progress(len(a), "compare", "pair", initial=len(done)) as bar:
+        rows, summary = compare_records(a, b, get_template(args.template), judge.ask, concurrency=args.concurrency,
+                                        progress=bar.update, done=done)
+    if not any(r.get("judge_replies") for r in rows):  # the judge answered nothing: leave any earlier file alone
+        raise_if_stopped(summary, None, "pairs")
+    write_json(out, {"a": args.a, "b": args.b} | key | {"url": judge.spec.url, "complete": summary.stopped is None,
+                                                         "summary": summary.to_dict(), "records": rows})
     print(summary.render(args.a, args.b))
     print(f"wrote {out}")
+    raise_if_stopped(summary, out, "pairs")
     return 0
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default="ollama:llama3", help="ollama:MODEL (default ollama:llama3) or openai:MODEL")
-    p.add_argument("--url", help="server URL (Ollama default http://localhost:11434; for openai: the /v1 base URL); "
+    p.add_argument("--url", help="server URL (Ollama default http://localhost:11434; for openai: the /v1 base URL; "
+                                 "http://USER:PASSWORD@HOST sends basic auth); "
                                  "the API key comes from $HEED_JUDGE_API_KEY or $OPENAI_API_KEY")
     p.add_argument("--template", default="alpaca", help="template used to show the task to the judge (alpaca)")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (servers that batch: 4-8)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (120)")
-    p.add_argument("--retries", type=int, default=3, help="retries after a timeout or 5xx, with backoff (3)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds for a whole request: connect, send and the full reply, streamed or not (120)")
+    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 5xx or malformed reply, "
+                                                          "with backoff (3)")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="stop the whole run after this long, saving what was judged (default: no limit)")
+    p.add_argument("--fresh", action="store_true",
+                   help="judge every record again, even where the output file holds an unfinished run to resume")
     p.add_argument("--out", help="output file")
 
 
