@@ -25,6 +25,8 @@ def _data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
                    help="examples longer than --max-length: drop (default), truncate the response, or error")
     g.add_argument("--train-on-prompt", action="store_true",
                    help="train on prompt tokens too (default: loss on the response and EOS only)")
+    g.add_argument("--skip-invalid", action="store_true",
+                   help="drop invalid records (their count and numbers in one line) instead of refusing the file")
     if split:
         g.add_argument("--train-frac", type=float, default=0.85, help="share of records for training (0.85)")
         g.add_argument("--test-frac", type=float, default=0.10, help="share for the test set (0.10); rest is validation")
@@ -41,6 +43,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         train_frac=getattr(args, "train_frac", 0.85), test_frac=getattr(args, "test_frac", 0.10),
         shuffle=getattr(args, "shuffle", False), split_seed=getattr(args, "split_seed", 123),
         val_file=getattr(args, "val_file", None), test_file=getattr(args, "test_file", None),
+        skip_invalid=args.skip_invalid,
     )
 
 
@@ -73,11 +76,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = resolve_data_config(args, args.model)
     template = get_template(cfg.template)
-    records = load_records(cfg.data, FieldMap.parse(cfg.fields))
-    if not 0 <= args.index < len(records):
-        raise HeedError(f"{cfg.data}: --index {args.index} is out of range; the file has records 0 to {len(records) - 1}")
+    records = load_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid)
+    record = next((r for r in records if r.index == args.index), None)  # numbers count skipped records too
+    if record is None:
+        last = records[-1].index
+        raise HeedError(f"{cfg.data}: --index {args.index} is " + ("out of range; the file has records 0 to "
+                        f"{last}" if not 0 <= args.index <= last else "an invalid record, skipped by --skip-invalid"))
     tokenizer = load_tokenizer(args.model)
-    record = records[args.index]
     policy = "drop" if cfg.overlong == "error" else cfg.overlong
     examples, report = encode_records([record], template, tokenizer, max_length=cfg.max_length, policy=policy,
                                       train_on_prompt=cfg.train_on_prompt, source=cfg.data)

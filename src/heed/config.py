@@ -20,6 +20,7 @@ class DataConfig:
     split_seed: int = 123  # seed of that shuffle
     val_file: str | None = None  # validation records from their own file instead of the split
     test_file: str | None = None  # test records from their own file instead of the split
+    skip_invalid: bool = False  # drop invalid records (counted in one line) instead of refusing the file
 
 
 @dataclass

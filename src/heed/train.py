@@ -154,6 +154,7 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
 
     # Data: records → examples. Everything is validated before the model loads.
     records, split = load_split(dcfg)
+    split.check(needs_val=tcfg.patience is not None)  # the rule `heed data check` applies, before any model loads
     template = get_template(dcfg.template)
     tokenizer = load_tokenizer(tcfg.model)
     if dcfg.max_length is None:
