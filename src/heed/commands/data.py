@@ -46,11 +46,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = data_config(args, args.model)
     template = get_template(cfg.template)
-    records = load_records(cfg.data, FieldMap.parse(cfg.fields))
-    if not 0 <= args.index < len(records):
-        raise HeedError(f"{cfg.data}: --index {args.index} is out of range; the file has records 0 to {len(records) - 1}")
+    records = load_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid)
+    record = next((r for r in records if r.index == args.index), None)  # numbers count skipped records too
+    if record is None:
+        last = records[-1].index
+        raise HeedError(f"{cfg.data}: --index {args.index} is " + ("out of range; the file has records 0 to "
+                        f"{last}" if not 0 <= args.index <= last else "an invalid record, skipped by --skip-invalid"))
     tokenizer = load_tokenizer(args.model)
-    record = records[args.index]
     policy = "drop" if cfg.overlong == "error" else cfg.overlong
     examples, report = encode_records([record], template, tokenizer, max_length=cfg.max_length, policy=policy,
                                       train_on_prompt=cfg.train_on_prompt, source=cfg.data)

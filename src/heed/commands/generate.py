@@ -38,7 +38,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = generate_config(args)
     if bool(args.data) == bool(args.instruction):
         raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
-    records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False) if args.data
+    records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False,
+                            skip_invalid=args.skip_invalid) if args.data
                else [Record(0, args.instruction, args.input or "", None, {})])
     model, tokenizer, template = load_for_generation(args)
     if args.instruction:
@@ -83,6 +84,7 @@ def register(sub: Any) -> None:
     _model_flags(p)
     p.add_argument("--data", metavar="FILE", help="records to answer (instruction, optional input)")
     p.add_argument("--fields", metavar="MAP", help="column names, as for heed train")
+    p.add_argument("--skip-invalid", action="store_true", help="drop invalid records instead of refusing the file")
     p.add_argument("--out", metavar="FILE", help="where to write (default: <data>-with-response.json beside it)")
     p.add_argument("--instruction", help="answer this one instruction and print the response")
     p.add_argument("--input", help="optional input for --instruction")

@@ -11,6 +11,7 @@ def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
     """Load ``cfg.data`` (and ``--val-file``/``--test-file`` when given) and split as configured.
 
     Every file is validated before anything fails, so one run lists the problems of all of them.
+    Whether the split can train is ``Split.problems()``, the rule ``heed data check`` and ``heed train`` share.
     """
     fields = FieldMap.parse(cfg.fields)
     loaded: dict[str, list[Record] | None] = {}
@@ -19,12 +20,12 @@ def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
         loaded[name] = None
         if path:
             try:
-                loaded[name] = load_records(path, fields)
+                loaded[name] = load_records(path, fields, skip_invalid=cfg.skip_invalid)
             except HeedError as e:
                 problems.extend(e.problems)
     if problems:
         raise HeedError(*problems)
     records = loaded["data"] or []
     split = split_records(records, train_frac=cfg.train_frac, test_frac=cfg.test_frac, shuffle=cfg.shuffle,
-                          seed=cfg.split_seed, test=loaded["test"], val=loaded["val"])
+                          seed=cfg.split_seed, test=loaded["test"], val=loaded["val"], source=cfg.data)
     return records, split

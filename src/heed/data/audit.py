@@ -137,6 +137,7 @@ def audit(
                                       train_on_prompt=train_on_prompt, source=source)
     result.encode = report.to_dict()
     result.supervised_share = _supervised_share(examples)
+    result.problems.extend(split.problems())  # the rule heed train applies
     _judge(result, report, examples)
     return result
 
@@ -152,12 +153,10 @@ def _judge(result: Audit, report: EncodeReport, examples: list[Example]) -> None
             f"{len(result.over_max_length)} record(s) are longer than {result.max_length} tokens and "
             f"--overlong is 'error' (first: record {result.over_max_length[0]}); use --overlong drop or truncate"
         )
-    if not examples:
+    if not examples and result.split["train"]:
         result.problems.append(
             f"no training example survives: {report.summary()}; raise --max-length or use --overlong truncate"
         )
-    if result.split["train"] == 0:
-        result.problems.append("the training split is empty; add records or change the split")
 
 
 def render(result: Audit) -> str:

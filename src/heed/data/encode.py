@@ -11,12 +11,17 @@ Labels are built by position (never by comparing ids, which would mask a real EO
 
 Labels here are aligned with ``input_ids`` (label i is token i); the one shift happens in
 ``heed.data.batch.collate``.
+
+Text from records is plain text: ``<|endoftext|>`` or ``<start_of_turn>`` typed into a record is encoded
+as the characters it is made of, never as the control token. The only control tokens in an example are
+the ones heed places: the BOS, the EOS after the response, and the markers a template writes itself.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from heed.data.records import Record
 from heed.data.templates import Template
@@ -91,17 +96,139 @@ def eos_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def prompt_ids(prompts: Sequence[str], tokenizer: Any, template: Template) -> list[list[int]]:
-    """Token ids of prompt texts, with the tokenizer's BOS exactly once."""
-    prefix = special_prefix(tokenizer)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    out = []
+def control_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's control tokens (its special tokens: BOS, EOS, turn markers, ...).
+
+    The unknown token is not one (plain text the vocabulary lacks becomes it), unless it doubles as
+    BOS, EOS or padding, as GPT-2's ``<|endoftext|>`` does.
+    """
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    if tokenizer.unk_token_id not in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        ids.discard(tokenizer.unk_token_id)
+    return ids
+
+
+def plain_ids(texts: Iterable[str], tokenizer: Any) -> list[list[int]]:
+    """Token ids of data text as plain text: a control token's string in it is just characters.
+
+    >>> plain_ids(["a<|endoftext|>"], gpt2)    # not [64, 50256]
+    [[64, 27, 91, 437, 1659, 5239, 91, 29]]
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    try:
+        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    except (TypeError, ValueError, NotImplementedError):  # a tokenizer without the option (mistral-common)
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    control = control_ids(tokenizer)
     for ids in encoded:
-        if prefix and ids[: len(prefix)] == prefix:  # a chat template renders its own BOS
-            out.append(list(ids))
-        else:
-            out.append(prefix + list(ids))
+        found = control.intersection(ids)
+        if found:  # the tokenizer ignored split_special_tokens: refuse rather than train on a control token
+            token = tokenizer.convert_ids_to_tokens(min(found))
+            raise HeedError(f"the data holds the text {token!r}, which this tokenizer ({type(tokenizer).__name__}) "
+                            "cannot encode as plain text; remove it from the records")
+    return [list(ids) for ids in encoded]
+
+
+def _with_prefix(ids: list[int], prefix: list[int]) -> list[int]:
+    if prefix and ids[: len(prefix)] == prefix:  # a chat template renders its own BOS
+        return list(ids)
+    return prefix + list(ids)
+
+
+def prompt_ids(prompts: Sequence[str], tokenizer: Any, template: Template) -> list[list[int]]:
+    """Token ids of prompt texts heed wrote itself (control tokens in them count), BOS exactly once.
+
+    Prompts made from records go through ``record_prompt_ids``, which keeps the records' text plain.
+    """
+    prefix = special_prefix(tokenizer)
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    return [_with_prefix(ids, prefix) for ids in encoded]
+
+
+def record_prompt_ids(records: Sequence[Record], tokenizer: Any, template: Template) -> list[list[int]]:
+    """Prompt ids of records, BOS exactly once: the template's markers (a chat template's
+    ``<start_of_turn>``) are control tokens, the record's instruction and input are plain text.
+
+    Records whose text holds no control-token string (nearly all) are encoded in one batch, exactly as
+    the whole prompt text would be; the others are rendered with those strings fenced off and encoded
+    piece by piece (``_fenced_ids``).
+    """
+    records = list(records)
+    if not records:
+        return []
+    prefix = special_prefix(tokenizer)
+    control = control_ids(tokenizer)
+    strings = tokenizer.convert_ids_to_tokens(sorted(control))
+    hostile = _hostile(records, tokenizer, control, {s[0] for s in strings if s})
+    clean = [i for i in range(len(records)) if i not in hostile]
+    out: list[list[int]] = [[] for _ in records]
+    rendered = [template.prompt(records[i].instruction, records[i].input, tokenizer) for i in clean]
+    for i, ids in zip(clean, prompt_ids(rendered, tokenizer, template)):
+        out[i] = ids
+    for i in sorted(hostile):
+        out[i] = _with_prefix(_fenced_ids(records[i], tokenizer, template, strings), prefix)
     return out
+
+
+def _hostile(records: list[Record], tokenizer: Any, control: set[int], firsts: set[str]) -> set[int]:
+    """Positions of records whose instruction or input the tokenizer would turn into a control token.
+    Only text holding a first character of some control token's string (``<`` for most) is tokenized."""
+    suspects = [i for i, r in enumerate(records) if any(c in r.instruction or c in r.input for c in firsts)]
+    if not suspects:
+        return set()
+    texts = [records[i].instruction + "\n" + records[i].input for i in suspects]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return {i for i, ids in zip(suspects, encoded) if control.intersection(ids)}
+
+
+def _fenced_ids(record: Record, tokenizer: Any, template: Template, strings: list[str]) -> list[int]:
+    """Render the prompt with each control-token string of the record's text between two fence
+    characters, then encode the text outside the fences normally (the template's own markers stay
+    control tokens) and the fenced strings as plain text."""
+    text = record.instruction + record.input
+    avoid = text + str(getattr(tokenizer, "chat_template", None) or "")
+    start, end = next((chr(c), chr(c + 1)) for c in range(0xF0000, 0xFFFFD, 2)  # private-use characters
+                      if chr(c) not in avoid and chr(c + 1) not in avoid)
+    present = sorted((s for s in strings if s and s in text), key=len, reverse=True)
+    if not present:  # the tokenizer found a control token that is not written out (a normalized added token)
+        raise HeedError(f"record {record.index}: its text turns into a control token of this tokenizer "
+                        f"({type(tokenizer).__name__}) that heed cannot keep out; remove it from the record")
+    pattern = re.compile("|".join(map(re.escape, present)))
+
+    def fence(value: str) -> str:
+        return pattern.sub(lambda m: start + m.group(0) + end, value)
+
+    rendered = template.prompt(fence(record.instruction), fence(record.input), tokenizer)
+    # [outside, fenced, outside, fenced, ..., outside]; a lone fence (the template cut a pair apart)
+    # gives None as its fenced piece but still splits, so the text either side cannot join into a token.
+    pieces = re.split(f"{start}(.*?){end}|[{start}{end}]", rendered, flags=re.DOTALL)
+    ids: list[int] = []
+    for n, piece in enumerate(pieces):
+        if piece:
+            ids += _piece_ids(piece, tokenizer, plain=n % 2 == 1, first=not ids)
+    return ids
+
+
+def _piece_ids(piece: str, tokenizer: Any, *, plain: bool, first: bool) -> list[int]:
+    """Ids of one piece of a prompt. With a tokenizer that starts every text with a space (SentencePiece
+    ``▁``), a piece after the first is encoded behind a newline that is then removed, so that it does not."""
+    def encode(text: str) -> list[int]:
+        return plain_ids([text], tokenizer)[0] if plain else list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if first or not _adds_prefix_space(tokenizer):
+        return encode(piece)
+    newline = list(tokenizer("\n", add_special_tokens=False)["input_ids"])
+    ids = encode("\n" + piece)
+    return ids[len(newline):] if ids[: len(newline)] == newline else encode(piece)
+
+
+def _adds_prefix_space(tokenizer: Any) -> bool:
+    """True when the tokenizer puts something before a text's first word ("a" → "▁a")."""
+    tokens = "".join(tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"]))
+    return tokens != "a" and tokens.endswith("a")
 
 
 def build_example(
@@ -145,8 +272,8 @@ def encode_records(
     if max_length < 2:
         raise HeedError(f"--max-length must be at least 2 (got {max_length})")
     eos = eos_id(tokenizer)
-    prompts = prompt_ids([template.prompt(r.instruction, r.input, tokenizer) for r in records], tokenizer, template)
-    responses = tokenizer([r.output or "" for r in records], add_special_tokens=False)["input_ids"]
+    prompts = record_prompt_ids(records, tokenizer, template)
+    responses = plain_ids((r.output or "" for r in records), tokenizer)
     report = EncodeReport(total=len(records), max_length=max_length, policy=policy)
     examples: list[Example] = []
     too_long: list[str] = []

@@ -1,13 +1,19 @@
 """Stage 1 of the flow: read instruction records from JSON or JSON Lines, validate them, split them.
 
 Records are numbered from 0 in file order (``record 17`` is ``data[17]``); JSON Lines problems also
-name the line. Every problem in a file is collected before one ``HeedError`` lists them all.
+name the line. Every problem in a file is collected before one ``HeedError`` lists them all; a file
+that is not JSON at all, or a column name that is wrong in every record, is said once, not per line.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import re
+import stat
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,13 @@ from typing import Any
 from heed.errors import HeedError
 
 OUTPUT_ALIASES = ("response",)
+LISTED = 10  # problems shown one per line; beyond that they are counted
+# Column names people use for each field, to suggest a --fields mapping.
+SYNONYMS = {
+    "instruction": ("prompt", "question", "query", "instructions", "request", "human", "user", "text"),
+    "input": ("context", "inputs"),
+    "output": ("answer", "completion", "response", "target", "reply", "assistant", "gpt", "solution"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,7 +39,7 @@ class FieldMap:
     output: str = "output"
 
     @classmethod
-    def parse(cls, spec: str | None) -> "FieldMap":
+    def parse(cls, spec: str | None) -> FieldMap:
         """Parse ``"instruction=prompt,output=completion"`` (unnamed fields keep their defaults)."""
         if not spec:
             return cls()
@@ -58,99 +71,258 @@ class Record:
         return task if isinstance(task, str) else None
 
 
-def _parse_file(path: Path) -> tuple[list[tuple[int, Any, int | None]], list[str]]:
-    """Return ``[(record_index, value, line_or_None)]`` and the JSON syntax problems found."""
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one record; ``missing`` names the field when the problem is a missing field."""
+
+    index: int
+    line: int | None
+    text: str
+    missing: str | None = None
+    column: int | None = None
+
+    def where(self, path: Path) -> str:
+        if self.line is None:
+            return f"{path}: record {self.index}"
+        return f"{path}: record {self.index} (line {self.line}" + (f", column {self.column})" if self.column else ")")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading: a regular UTF-8 file, recognised as a JSON array, one JSON object, or JSON Lines.
+
+
+def _read_text(path: Path) -> str:
+    """The file's text. Refuses what is not a readable regular file (a FIFO or /dev/zero never ends)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise HeedError(f"{path}: is a directory, expected a JSON or JSON Lines file")
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                                                 (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")) if test(mode)),
+                        "not a file")
+            raise HeedError(f"{path}: not a regular file ({kind}); save the records to a file and pass that")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise HeedError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise HeedError(f"{path}: is a directory, expected a JSON or JSON Lines file") from None
+    except OSError as e:  # permission denied, a symlink loop, an I/O error
+        raise HeedError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise HeedError(f"{path}: UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as e:
         raise HeedError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+class _Unreadable(Exception):
+    """Valid JSON syntax that Python's reader still refuses; ``line`` is where, when it can be found."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` whose non-syntax failures (nesting depth, giant integers) raise ``_Unreadable``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise _Unreadable("invalid JSON: nested deeper than Python's JSON reader allows") from None
+    except ValueError as e:  # an integer literal longer than Python converts (sys.get_int_max_str_digits)
+        limit = sys.get_int_max_str_digits()
+        match = re.search(r"\d{%d,}" % (limit + 1), text)
+        if not match:
+            raise _Unreadable(f"invalid JSON: {e}") from None
+        raise _Unreadable(f"a number with {len(match.group())} digits, more than Python reads ({limit}); "
+                          "write it as a string", text.count("\n", 0, match.start()) + 1) from None
+
+
+def _parse_file(path: Path, fields: FieldMap) -> tuple[list[tuple[int, Any, int | None]], list[Problem]]:
+    """Return ``[(record_index, value, line_or_None)]`` and the per-line syntax problems (JSON Lines)."""
+    text = _read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise HeedError(f"{path}: the file is empty; expected a JSON array of records or JSON Lines")
-    if stripped[0] == "[":
+    lines = text.splitlines() if stripped[0] == "{" else []
+    if lines and _is_json_lines(lines):
+        whole = _parse_document(path, text, quiet=True)
+        if isinstance(whole, dict):  # one object on one line: JSON Lines with one record
+            first = next(i for i, line in enumerate(lines, start=1) if line.strip())
+            return _single_object(path, whole, fields, first), []
+        return _parse_lines(path, lines)
+    whole = _parse_document(path, text)
+    if isinstance(whole, list):
+        return [(i, v, None) for i, v in enumerate(whole)], []
+    if isinstance(whole, dict):
+        return _single_object(path, whole, fields, None), []
+    raise HeedError(f"{path}: holds a single JSON {type(whole).__name__}; "
+                    "expected a JSON array of records or JSON Lines")
+
+
+def _is_json_lines(lines: list[str]) -> bool:
+    """JSON Lines when one of the first lines holds a whole object (a pretty-printed object's lines do not)."""
+    for line in itertools.islice((line for line in lines if line.strip()), 5):
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
-        return [(i, v, None) for i, v in enumerate(values)], []
-    _reject_wrapped_array(path, text)
+            if isinstance(_loads(line), dict):
+                return True
+        except (ValueError, _Unreadable):
+            pass
+    return False
+
+
+def _parse_document(path: Path, text: str, *, quiet: bool = False) -> Any:
+    """The whole file as one JSON value; a failure is one line (``quiet``: None instead)."""
+    try:
+        return _loads(text)
+    except json.JSONDecodeError as e:
+        if quiet:
+            return None
+        stripped = text.lstrip()
+        if stripped[0] not in "[{":
+            raise HeedError(_not_json(path, stripped)) from None
+        if e.msg == "Extra data":
+            raise HeedError(f"{path}: line {e.lineno}: a second JSON value follows the first; heed reads one JSON "
+                            "array of records, or JSON Lines (one record object per line)") from None
+        raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    except _Unreadable as e:
+        if quiet:
+            return None
+        raise HeedError(f"{path}: " + (f"line {e.line}: " if e.line else "") + str(e)) from None
+
+
+def _not_json(path: Path, stripped: str) -> str:
+    """One line for a file that is not JSON at all, saying what it looks like."""
+    first = stripped.splitlines()[0]
+    kinds = ((first.startswith("<"), "XML or HTML"), ("\t" in first, "tab-separated values"), ("," in first, "CSV"),
+             (first.startswith(("---", "- ")) or re.match(r"[\w-]+:(\s|$)", first), "YAML"))
+    kind = next((f"looks like {name}" for hit, name in kinds if hit), f"it starts with {first[:30]!r}")
+    return (f"{path}: not JSON or JSON Lines ({kind}); heed reads a JSON array of records, or JSON Lines "
+            "(one record object per line)")
+
+
+def _single_object(path: Path, whole: dict, fields: FieldMap, line: int | None) -> list[tuple[int, Any, int | None]]:
+    """A file holding one object is one record, unless the object wraps the records (``{"data": [...]}``)."""
+    if fields.instruction not in whole:
+        lists = [k for k, v in whole.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        if lists:
+            raise HeedError(f"{path}: expected a JSON array of records or JSON Lines, found an object "
+                            f"whose key '{lists[0]}' holds a list; save that list as the file's top level")
+    return [(0, whole, line)]
+
+
+def _parse_lines(path: Path, lines: list[str]) -> tuple[list[tuple[int, Any, int | None]], list[Problem]]:
     items: list[tuple[int, Any, int | None]] = []
-    problems: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    problems: list[Problem] = []
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         index = len(items) + len(problems)
         try:
-            items.append((index, json.loads(line), lineno))
+            items.append((index, _loads(line), lineno))
         except json.JSONDecodeError as e:
-            problems.append(
-                f"{path}: record {index} (line {lineno}, column {e.colno}): invalid JSON: {e.msg}"
-            )
+            problems.append(Problem(index, lineno, f"invalid JSON: {e.msg}", column=e.colno))
+        except _Unreadable as e:
+            problems.append(Problem(index, lineno, str(e)))
     return items, problems
 
 
-def _reject_wrapped_array(path: Path, text: str) -> None:
-    """A whole-file object holding a list of records (``{"data": [...]}``) is a common near miss."""
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        return
-    if isinstance(whole, dict):
-        lists = [k for k, v in whole.items() if isinstance(v, list)]
-        if lists:
-            raise HeedError(f"{path}: expected a JSON array of records or JSON Lines, found an object "
-                            f"whose key '{lists[0]}' holds a list; save that list as the file's top level")
+# ---------------------------------------------------------------------------------------------------
+# Validation.
 
 
 def load_records(
-    path: str | Path, fields: FieldMap = FieldMap(), *, require_output: bool = True
+    path: str | Path, fields: FieldMap = FieldMap(), *, require_output: bool = True, skip_invalid: bool = False
 ) -> list[Record]:
     """Load and validate every record of ``path``; raise one ``HeedError`` listing all problems.
+
+    ``skip_invalid`` drops the invalid records instead, saying in one line how many and which.
 
     >>> # data.json: [{"instruction": "Add 2 and 3.", "input": "", "output": "5"}]
     >>> # load_records("data.json")[0]  ->  Record(index=0, instruction='Add 2 and 3.', input='', output='5')
     """
     path = Path(path)
-    items, problems = _parse_file(path)
+    items, problems = _parse_file(path, fields)
+    total = len(items) + len(problems)  # lines that are not JSON are records too
     records: list[Record] = []
     for index, value, line in items:
-        where = f"{path}: record {index}" + (f" (line {line})" if line is not None else "")
-        record, record_problems = _validate(value, index, fields, require_output)
-        problems.extend(f"{where}: {p}" for p in record_problems)
+        record, found = _validate(value, index, fields, require_output)
+        problems.extend(Problem(index, line, text, missing) for text, missing in found)
         if record is not None:
             records.append(record)
+    if problems and not skip_invalid:
+        raise HeedError(*_describe(path, problems, [v for _, v, _ in items], fields, total))
     if problems:
-        raise HeedError(*problems)
+        bad = sorted({p.index for p in problems})
+        shown = ", ".join(map(str, bad[:20])) + (", …" if len(bad) > 20 else "")
+        print(f"heed: warning: {path}: skipped {len(bad)} invalid record{'s' if len(bad) > 1 else ''} "
+              f"({shown}); run without --skip-invalid to see why", file=sys.stderr)
     if not records:
-        raise HeedError(f"{path}: contains no records")
+        raise HeedError(f"{path}: contains no records" + (" that are valid" if problems else ""))
     return records
+
+
+def _describe(path: Path, problems: list[Problem], values: list[Any], fields: FieldMap, total: int) -> list[str]:
+    """One line per problem when few records are bad; otherwise missing fields counted once per field
+    (with the keys that were found and a ``--fields`` hint) and the other problems listed up to ``LISTED``."""
+    if len({p.index for p in problems}) <= LISTED:
+        return [f"{p.where(path)}: {p.text}" for p in problems]
+    lines = []
+    missing = Counter(p.missing for p in problems if p.missing)
+    for name, count in missing.items():
+        which = [p.index for p in problems if p.missing == name]
+        lines.append(f"{path}: '{name}' is missing in " + (f"all {total} records" if count == total else
+                     f"{count} of {total} records ({', '.join(map(str, which[:5]))}{', …' if count > 5 else ''})"))
+    if missing:
+        lines.append(_keys_hint(path, values, fields, list(missing)))
+    rest = [p for p in problems if not p.missing]
+    lines.extend(f"{p.where(path)}: {p.text}" for p in rest[:LISTED])
+    if len(rest) > LISTED:
+        more = rest[LISTED:]
+        lines.append(f"{path}: ... and {len(more)} more problems in {len({p.index for p in more})} more records")
+    return lines
+
+
+def _keys_hint(path: Path, values: list[Any], fields: FieldMap, missing: list[str]) -> str:
+    keys = Counter(k for v in values if isinstance(v, dict) for k in v)
+    found = ", ".join(k for k, _ in keys.most_common(10)) + (", …" if len(keys) > 10 else "")
+    names = {getattr(fields, name): name for name in ("instruction", "input", "output")}
+    guesses: dict[str, str | None] = {}
+    for key in missing:
+        name = names.get(key, key)
+        taken = set(names) | set(guesses.values())
+        guesses[name] = next((k for k in SYNONYMS.get(name, ()) if k in keys and k not in taken), None)
+    if guesses and all(guesses.values()):
+        hint = "map them with --fields " + ",".join(f"{name}={k}" for name, k in guesses.items())
+    else:
+        hint = "name them with --fields " + ",".join(f"{name}=KEY" for name in guesses)
+    return f"{path}: keys found: {found or 'none'}; {hint}"
 
 
 def _validate(
     value: Any, index: int, fields: FieldMap, require_output: bool
-) -> tuple[Record | None, list[str]]:
+) -> tuple[Record | None, list[tuple[str, str | None]]]:
+    """The record, or None and its problems as ``(text, missing_field_or_None)``."""
     if not isinstance(value, dict):
-        return None, [f"not an object (found {type(value).__name__}); each record must be a JSON object"]
+        return None, [(f"not an object (found {type(value).__name__}); each record must be a JSON object", None)]
     expected = f"expected keys: {fields.instruction}, {fields.input} (optional), {fields.output}"
-    problems = []
+    problems: list[tuple[str, str | None]] = []
 
     instruction = value.get(fields.instruction)
     if fields.instruction not in value:
-        problems.append(f"'{fields.instruction}' is missing ({expected})")
+        problems.append((f"'{fields.instruction}' is missing ({expected})", fields.instruction))
     elif not isinstance(instruction, str):
-        problems.append(f"'{fields.instruction}' must be a string, found {type(instruction).__name__}")
+        problems.append((f"'{fields.instruction}' must be a string, found {type(instruction).__name__}", None))
     elif not instruction.strip():
-        problems.append(f"'{fields.instruction}' is empty")
+        problems.append((f"'{fields.instruction}' is empty", None))
 
     input_text = value.get(fields.input, "")
     if input_text is None:
         input_text = ""
     if not isinstance(input_text, str):
-        problems.append(f"'{fields.input}' must be a string, found {type(input_text).__name__}")
+        problems.append((f"'{fields.input}' must be a string, found {type(input_text).__name__}", None))
 
     output_key = fields.output
     if output_key not in value and fields.output == "output":
@@ -158,15 +330,42 @@ def _validate(
     output = value.get(output_key)
     if output_key not in value:
         if require_output:
-            problems.append(f"'{fields.output}' is missing ({expected})")
+            problems.append((f"'{fields.output}' is missing ({expected})", fields.output))
     elif not isinstance(output, str):
-        problems.append(f"'{output_key}' must be a string, found {type(output).__name__}")
+        problems.append((f"'{output_key}' must be a string, found {type(output).__name__}", None))
     elif require_output and not output.strip():
-        problems.append(f"'{output_key}' is empty")
+        problems.append((f"'{output_key}' is empty", None))
 
+    problems.extend((p, None) for p in _surrogates(value))
     if problems:
         return None, problems
     return Record(index, instruction, input_text, output, dict(value)), []
+
+
+def _surrogates(value: dict[str, Any]) -> list[str]:
+    """Lone surrogates (JSON escapes such as ``\\ud800`` that are not text): no tokenizer or writer takes them."""
+    problems = []
+    for key, top in value.items():
+        stack = [top, key]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    problems.append(f"'{key}' holds a lone surrogate \\u{ord(item[e.start]):04x} (character "
+                                    f"{e.start}), which is not text; fix or remove that escape")
+                    break
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splitting.
 
 
 @dataclass
@@ -174,9 +373,37 @@ class Split:
     train: list[Record]
     test: list[Record]
     val: list[Record]
+    source: str = "data"  # the file, for messages
+    train_frac: float = 0.85  # the fractions that made this split, for messages
+    test_frac: float = 0.10
+    given: tuple[str, ...] = ()  # sets read from their own file: "test", "val"
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "test": len(self.test), "val": len(self.val)}
+
+    def problems(self, *, needs_val: bool = False) -> list[str]:
+        """Why this split cannot train (empty list: it can). The one rule ``heed data check`` and
+        ``heed train`` share. An empty validation set only matters when something needs it
+        (``needs_val``: early stopping); without one, losses are measured on training data."""
+        sizes = self.sizes()
+        n = sizes["train"] + sum(sizes[s] for s in ("test", "val") if s not in self.given)
+        shape = f"{n} record{'s' if n != 1 else ''} split train {sizes['train']} / test {sizes['test']} / val {sizes['val']}"
+        problems = []
+        if not self.train:
+            problems.append(f"{self.source}: the training split is empty ({shape} by --train-frac {self.train_frac} "
+                            f"--test-frac {self.test_frac}); raise --train-frac (e.g. --train-frac 1 --test-frac 0 "
+                            "for a tiny file) or add records")
+        if needs_val and not self.val:
+            problems.append(f"{self.source}: early stopping (--patience) needs validation records, but the "
+                            f"validation split is empty ({shape}); lower --train-frac or --test-frac, or give "
+                            "--val-file")
+        return problems
+
+    def check(self, *, needs_val: bool = False) -> None:
+        """Raise ``problems()`` as one ``HeedError``, if there are any."""
+        problems = self.problems(needs_val=needs_val)
+        if problems:
+            raise HeedError(*problems)
 
 
 def split_records(
@@ -188,6 +415,7 @@ def split_records(
     seed: int = 123,
     test: list[Record] | None = None,
     val: list[Record] | None = None,
+    source: str = "data",
 ) -> Split:
     """Slice records as the original design does: first 85% train, next 10% test, the rest val.
 
@@ -201,6 +429,8 @@ def split_records(
     if shuffle:
         random.Random(seed).shuffle(records)
     n = len(records)
+    given = tuple(name for name, s in (("test", test), ("val", val)) if s is not None)
+    about = dict(source=source, train_frac=train_frac, test_frac=test_frac, given=given)
     val_frac = 1.0 - train_frac - test_frac
     own_test = 0.0 if test is not None else test_frac
     own_val = 0.0 if val is not None else val_frac
@@ -210,10 +440,11 @@ def split_records(
         # Exactly the original slicing: train and test by int(), validation takes the remainder.
         n_train = int(n * train_frac)
         n_test = int(n * test_frac)
-        return Split(records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:])
+        return Split(records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:], **about)
     n_train = n - n_test - n_val
     return Split(
         records[:n_train],
         test if test is not None else records[n_train:n_train + n_test],
         val if val is not None else records[n_train + n_test:],
+        **about,
     )

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from heed.config import GenerateConfig
-from heed.data.encode import eos_id, prompt_ids
+from heed.data.encode import eos_id, record_prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
 from heed.generate.decode import DynamicDecoder, StaticDecoder
@@ -100,7 +100,7 @@ def generate_responses(
 
     Records are processed longest prompt first so that rows in a batch need little padding.
     """
-    prompts = prompt_ids([template.prompt(r.instruction, r.input, tokenizer) for r in records], tokenizer, template)
+    prompts = record_prompt_ids(records, tokenizer, template)  # the records' text stays plain text
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     device = next(model.parameters()).device
     precision = resolve_precision(cfg.precision, device)

@@ -211,6 +211,7 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     precision = resolve_precision(tcfg.precision, device)
 
     records, split = load_split(run.data)
+    split.check(needs_val=tcfg.patience is not None)  # the rule `heed data check` applies, before any model loads
     run = absolute_paths(RunConfig(resolve_data(run.data, tcfg.model), tcfg))  # what heed.json and run.yaml record
     dcfg, tcfg = run.data, run.train
     template = get_template(dcfg.template)
