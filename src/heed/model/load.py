@@ -148,11 +148,17 @@ def resolve(spec: str) -> str:
 
 def _load(spec: str, target: str, what: str, loader: Any) -> Any:
     """Call a Hugging Face loader; turn its failures into one line that says what to do."""
+    from safetensors import SafetensorError
+
     try:
         return loader(target)
-    except (OSError, ValueError) as e:
+    except SafetensorError as e:  # a truncated or corrupt weights file
+        raise HeedError(f"--model {spec}: cannot {what}: a damaged .safetensors file ({str(e).splitlines()[0]}); "
+                        "copy or save the model again") from None
+    except (OSError, ValueError, KeyError) as e:
         if Path(target).is_dir():
-            raise HeedError(f"--model {spec}: cannot {what}: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise HeedError(f"--model {spec}: cannot {what}: {first}") from None
         raise HeedError(_offline_hint(spec)) from None
 
 
