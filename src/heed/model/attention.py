@@ -1,16 +1,13 @@
 """Attention over short rows on the CPU: two matmuls and a softmax instead of SDPA's CPU kernel.
 
 Instruction examples are short (the original design's average 55 tokens), and at that size PyTorch's
-CPU flash-attention kernel is slow, its backward above all. ``softmax(q kᵀ · scale + mask) v``
-written out is faster there: forward and backward of one GPT-2 layer's attention for 8 rows of 92
-tokens, bf16, 2 cores: 5.8 ms against 9–10 ms; a whole training step on batches of 8 of the original
-design's data: GPT-2 +9%, GPT-2 medium +10% (BENCHMARKS.md has the benchmark's figure). The scores are
-computed in fp32 from the bf16 queries and keys, masked and softmaxed in fp32, and the weights meet the
-values in bf16; on Gemma 3 under bf16 this lands closer to the fp32 loss than the flash kernel does
-(1.1849 and 1.1885 against 1.1830 on a batch of 8).
+CPU flash-attention kernel is slow, its backward above all; ``softmax(q kᵀ · scale + mask) v`` written
+out is faster there (BENCHMARKS.md, "Measurements behind design choices"). The scores are computed in
+fp32 from the bf16 queries and keys, masked and softmaxed in fp32, and the weights meet the values in
+bf16, which on Gemma 3 lands closer to the fp32 loss than the flash kernel does.
 
-Only rows up to ``SHORT`` keys and heads up to ``WIDEST_HEAD`` wide are written out: it breaks even
-with the flash kernel from about 192 tokens on, and Gemma 3's 256-wide heads gained nothing. The rest
+Only rows up to ``SHORT`` keys and heads up to ``WIDEST_HEAD`` wide are written out (where it was measured
+to pay). The rest
 goes to transformers' SDPA function unchanged: CUDA, longer rows, one-token decoding steps, batches
 whose scores would pass ``SCORE_BUDGET`` (the written-out form keeps them for backward, flash
 attention does not), and what this function does not implement (soft-capping, sinks, position

@@ -2,9 +2,8 @@
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free, so a training
 step page-faults its large tensors into existence again on every step (GPT-2's vocabulary matrix and
-its gradient are 154 MB each): on this project's 2-core machine that was 150,000 page faults and about
-a quarter of a GPT-2 step. mimalloc keeps freed memory for reuse (``MIMALLOC_PURGE_DELAY=-1``), and the
-resident size stays flat from step to step (measured over 50 steps). It must be loaded before the C
+its gradient are 154 MB each; BENCHMARKS.md has what that costs). mimalloc keeps freed memory for reuse
+(``MIMALLOC_PURGE_DELAY=-1``), and the resident size stays flat from step to step. It must be loaded before the C
 library's malloc is first used, hence ``LD_PRELOAD`` and a re-exec; it comes from the ``cmeel-mimalloc``
 wheel (Linux x86-64). ``HEED_ALLOCATOR=system`` turns this off.
 """
