@@ -61,6 +61,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A temporary directory in ``parent`` (named ``.<prefix>.*``), removed when the block ends."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def staged_into(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch directory in ``path``; on success move each file written there into ``path``, so
+    a reader never sees half a file (each arrives by rename) and other files in ``path`` stay."""
+    with scratch_dir(path, "staging") as tmp:
+        yield tmp
+        for item in tmp.iterdir():
+            os.replace(item, Path(path) / item.name)
+
+
 def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
     """A UTF-8 text file's contents; an unreadable path is one line naming it (``what`` is the flag)."""
     try:

@@ -20,10 +20,10 @@ def generate_config(args: argparse.Namespace) -> GenerateConfig:
 
 def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from heed.data.templates import get_template
-    from heed.model import load_model, load_tokenizer, read_meta
+    from heed.model import load_model, load_tokenizer, saved_template
     from heed.runtime.device import choose_device
 
-    template = get_template(args.template or read_meta(args.model).get("template") or "alpaca")
+    template = get_template(saved_template(args.model, args.template))
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model).to(choose_device(args.device))
     return model, tokenizer, template

@@ -6,9 +6,8 @@ out is faster there (BENCHMARKS.md, "Measurements behind design choices"). The s
 fp32 from the bf16 queries and keys, masked and softmaxed in fp32, and the weights meet the values in
 bf16, which on Gemma 3 lands closer to the fp32 loss than the flash kernel does.
 
-Only rows up to ``SHORT`` keys and heads up to ``WIDEST_HEAD`` wide are written out (where it was measured
-to pay). The rest
-goes to transformers' SDPA function unchanged: CUDA, longer rows, one-token decoding steps, batches
+Only rows up to ``SHORT`` keys and heads up to ``WIDEST_HEAD`` wide are written out (where it was
+measured to pay). The rest goes to transformers' SDPA function unchanged: CUDA, longer rows, one-token decoding steps, batches
 whose scores would pass ``SCORE_BUDGET`` (the written-out form keeps them for backward, flash
 attention does not), and what this function does not implement (soft-capping, sinks, position
 biases, paged caches). Registered with transformers as ``heed_sdpa`` with SDPA's mask function, so a

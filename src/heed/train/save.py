@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from heed import __version__
 from heed.errors import HeedError
-from heed.io import write_json, write_text
+from heed.io import staged_into, write_json, write_text
 from heed.model import save_model
 from heed.train.plot import plot_losses
 
@@ -25,7 +24,7 @@ OUTPUTS = ("heed.json", RUN_CONFIG, "audit.json", "metrics.jsonl", "loss.png", "
            "test-scores.json", "checkpoint", "report.html", "report.md", "config.json", "generation_config.json",
            "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab.json",
            "merges.txt", "added_tokens.json", "chat_template.jinja", "adapter_config.json")
-TEMPORARY = (".model.", ".checkpoint.", ".assemble.")  # staging that a killed run can leave behind
+TEMPORARY = (".staging.", ".model.", ".checkpoint.")  # staging that a killed run can leave behind
 
 
 def is_temporary(name: str) -> bool:
@@ -92,15 +91,8 @@ def config_yaml(config: dict[str, Any]) -> str:
 def save_run(trained: Any, out: Path | None = None) -> Path:
     """Write the trained model and the run's records to ``out`` (default: the run's ``--out``)."""
     out = Path(out or trained.run.train.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # The model directory is written aside, then moved in file by file: never half a model.
-    staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
-    try:
+    with staged_into(out) as staging:  # the model directory is written aside: never half a model
         save_model(trained.model, trained.tokenizer, staging, run_meta(trained))
-        for item in staging.iterdir():
-            item.replace(out / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     write_text(out / RUN_CONFIG, config_yaml(trained.run.to_dict()))
     if trained.audit is not None:
         write_json(out / "audit.json", trained.audit)
