@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from heed.runtime.distributed import launched
+
+        if launched() and args.command != "train":
+            raise HeedError(f"heed {args.command} runs as one process; only heed train runs under torchrun")
         return int(args.func(args) or 0)
     except HeedError as e:
         for problem in e.problems:

@@ -8,11 +8,16 @@ from typing import Any, Callable
 
 from heed.config import FastPath, GenerateConfig, RunConfig
 from heed.io import write_json
+from heed.runtime import distributed
 from heed.runtime.progress import log as _log
 from heed.train import Trained, save_run, train
 from heed.train.loop import LoopState, Setup
 
 Log = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def epoch_sample(log: Log, max_new_tokens: int = 35) -> Callable[[Setup, int], None]:
@@ -21,6 +26,8 @@ def epoch_sample(log: Log, max_new_tokens: int = 35) -> Callable[[Setup, int], N
     from heed.generate import generate_responses
 
     def sample(s: Setup, epoch: int) -> None:
+        if not distributed.world().main:
+            return
         first = (s.split.val or s.split.train)[0]
         response = generate_responses(s.model, s.tokenizer, s.template, [first],
                                       GenerateConfig(max_new_tokens=max_new_tokens))[0]
@@ -37,7 +44,15 @@ def test_responses(trained: Trained, out: Path, log: Log) -> None:
     test = trained.split.test
     started = time.perf_counter()
     gen = GenerateConfig(max_new_tokens=trained.run.train.max_new_tokens)
-    responses = generate_responses(trained.model, trained.tokenizer, trained.template, test, gen)
+    world = distributed.world()  # under torchrun each rank answers its share; rank 0 writes
+    mine = list(range(world.rank, len(test), world.size))
+    answers = generate_responses(trained.model, trained.tokenizer, trained.template, [test[i] for i in mine], gen)
+    responses = [""] * len(test)
+    for indices, texts in distributed.gather((mine, answers)):
+        for i, text in zip(indices, texts):
+            responses[i] = text
+    if not world.main:
+        return
     path = out / "test-with-response.json"
     records = with_responses(test, responses)
     write_json(path, records)
@@ -52,10 +67,15 @@ def finetune(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log =
     """Train, write the model and its records to ``run.train.out``, then answer and score the test split."""
     on_epoch_end = epoch_sample(log) if run.train.sample_every_epoch else None
     trained = train(run, resume=resume, log=log, fast=fast, on_step=on_step, on_epoch_end=on_epoch_end)
-    out = save_run(trained)
-    result = trained.result
+    world = distributed.world()
+    out = Path(run.train.out)
+    if world.main:
+        save_run(trained)
+    else:
+        log = _silent
     if run.train.generate_test and trained.split.test:
         test_responses(trained, out, log)
+    result = trained.result
     log(f"done: {result.steps} steps in {result.seconds:.1f}s; best val loss "
         + (f"{result.best_val_loss:.3f} at step {result.best_step}" if result.best_val_loss is not None else "n/a")
         + f"; model saved to {out}")

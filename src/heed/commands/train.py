@@ -71,17 +71,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from heed.commands.finetune import finetune
     from heed.train import checkpoint
 
-    if args.resume:
-        where = checkpoint.find(args.resume)
-        state = checkpoint.load(where)
-        finetune(resume_config(args, state, where.parent), resume=state)
+    from heed.runtime import distributed
+
+    try:
+        if args.resume:
+            where = checkpoint.find(args.resume)
+            state = checkpoint.load(where)
+            finetune(resume_config(args, state, where.parent), resume=state)
+            return 0
+        run = run_config(args)
+        missing = [flag for flag, value in (("--model", run.train.model), ("--data", run.data.data)) if not value]
+        if missing:
+            raise HeedError(f"heed train needs {' and '.join(missing)} (or --resume DIR, or --config FILE)")
+        finetune(run)
         return 0
-    run = run_config(args)
-    missing = [flag for flag, value in (("--model", run.train.model), ("--data", run.data.data)) if not value]
-    if missing:
-        raise HeedError(f"heed train needs {' and '.join(missing)} (or --resume DIR, or --config FILE)")
-    finetune(run)
-    return 0
+    finally:
+        distributed.finish()
 
 
 def register(sub: Any) -> None:

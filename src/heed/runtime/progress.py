@@ -7,10 +7,14 @@ from typing import Any
 
 
 def progress(total: int, desc: str, unit: str, *, initial: int = 0) -> Any:
-    """A tqdm bar on stderr, silent when stderr is not a terminal (``disable=None``)."""
+    """A tqdm bar on stderr, silent when stderr is not a terminal (``disable=None``) and on every rank
+    but the first under torchrun."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=None, file=sys.stderr)
+    from heed.runtime import distributed
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
+                disable=None if distributed.world().main else True)
 
 
 def log(message: str) -> None:

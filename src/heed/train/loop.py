@@ -27,7 +27,7 @@ from heed.data.templates import Template, get_template
 from heed.errors import HeedError
 from heed.model import load_model, load_tokenizer, resolve_data
 from heed.model.lora import add_adapters, merged
-from heed.runtime import allocator
+from heed.runtime import allocator, distributed
 from heed.runtime.compile import BUCKET
 from heed.runtime.device import choose_device, resolve_precision
 from heed.runtime.progress import log as _log
@@ -35,9 +35,14 @@ from heed.runtime.progress import progress
 from heed.train import checkpoint
 from heed.train.loss import compile_body, loss_sum
 from heed.train.optim import clipped_step, make_optimizer
+from heed.train.parallel import DataParallel
 from heed.train.save import check_out, clear_out
 
 Log = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Setup:
     drop_last: bool
     fast: FastPath
     audit: dict[str, Any] | None = None
+    parallel: DataParallel | None = None
 
 
 @dataclass
@@ -125,35 +131,45 @@ def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id
     model.eval()
     total, tokens = 0.0, 0
     bucket = BUCKET if static else None
+    world = distributed.world()
     for i, batch in enumerate(iter_batches(examples, batch_size, pad_id, pad_to_multiple_of=bucket)):
         if i >= num_batches:
             break
+        if i % world.size != world.rank:  # under torchrun each rank evaluates its share of the batches
+            continue
         total += float(loss_sum(model, batch.to(device), precision, device, fast))
         tokens += batch.supervised_tokens
     model.train(was_training)
+    total, tokens = distributed.all_sum([total, tokens], device)
     return total / tokens
 
 
 def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Example], *, grad_accum: int,
                pad_id: int, clip: float | None, precision: str, device: torch.device,
-               pack_capacity: int | None = None, static: bool = False, fast: FastPath = FastPath()) -> float:
+               pack_capacity: int | None = None, static: bool = False, fast: FastPath = FastPath(),
+               parallel: DataParallel | None = None) -> float:
     """One optimizer step over ``examples`` split into ``grad_accum`` micro-batches; the mean loss.
 
     Each micro-batch's summed loss is divided by the supervised tokens of the whole step, so the
     gradient is the per-token mean over the step — not a mean of micro-batch means. With
     ``pack_capacity`` each micro-batch is packed into padding-free rows of at most that many tokens;
     ``static`` buckets batch shapes for a compiled model (``make_batch``). A loss that is not finite
-    raises ``NonFiniteLoss`` before the weights change.
+    raises ``NonFiniteLoss`` before the weights change. With ``parallel`` (under torchrun) this rank
+    takes its shard of ``examples`` and the gradients are those of the whole step over all ranks.
     """
-    supervised = sum(e.supervised_tokens for e in examples)
-    size = math.ceil(len(examples) / grad_accum)
-    total = 0.0
-    for start in range(0, len(examples), size):
-        micro = examples[start:start + size]
-        batch = make_batch(micro, pad_id, pack_capacity=pack_capacity, static=static).to(device)
-        loss = loss_sum(model, batch, precision, device, fast)
-        (loss / supervised).backward()
-        total += float(loss.detach())
+    if parallel is not None:
+        total, supervised = parallel.backward(examples, grad_accum=grad_accum, pad_id=pad_id, device=device,
+                                              pack_capacity=pack_capacity, static=static)
+    else:
+        supervised = sum(e.supervised_tokens for e in examples)
+        size = math.ceil(len(examples) / grad_accum)
+        total = 0.0
+        for start in range(0, len(examples), size):
+            micro = examples[start:start + size]
+            batch = make_batch(micro, pad_id, pack_capacity=pack_capacity, static=static).to(device)
+            loss = loss_sum(model, batch, precision, device, fast)
+            (loss / supervised).backward()
+            total += float(loss.detach())
     if not math.isfinite(total):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(total / supervised)
@@ -205,9 +221,12 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
         raise HeedError("heed train needs --data (or --resume DIR)")
     out = Path(tcfg.out)
     check_out(out, overwrite=tcfg.overwrite, resuming=resuming)
+    world, device_name = distributed.init(tcfg.device)
+    if not world.main:  # under torchrun rank 0 speaks for all
+        log = _silent
     random.seed(tcfg.seed)
     torch.manual_seed(tcfg.seed)
-    device = choose_device(tcfg.device)
+    device = choose_device(device_name)
     precision = resolve_precision(tcfg.precision, device)
 
     records, split = load_split(run.data)
@@ -223,6 +242,10 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     if not train_examples:
         raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
                         "check it with `heed data check`")
+    per_rank = min(tcfg.batch_size, len(train_examples)) // world.size
+    if world.distributed and per_rank < tcfg.grad_accum:
+        raise HeedError(f"--batch-size {tcfg.batch_size} over {world.size} processes leaves {per_rank} examples a "
+                        f"step per process, fewer than --grad-accum {tcfg.grad_accum}; raise --batch-size")
     audit = None
     if tcfg.audit:
         from heed.data.audit import audit as run_audit
@@ -233,7 +256,9 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
         f"train {report.summary()}")
 
     model = load_model(tcfg.model, seed=tcfg.seed, fast=fast)
-    clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
+    if world.main:
+        clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
+    distributed.barrier()
     if tcfg.lora:
         if precision == "bf16":
             # Frozen weights need no fp32 master copy: holding them in bf16 saves autocast's cast of
@@ -243,6 +268,7 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     model.to(device).train()
     if tcfg.compile:
         compile_body(model)
+    parallel = DataParallel(model, precision, device, fast) if world.distributed else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, tcfg.lr, tcfg.weight_decay, fused=fast.fused_adamw)
     drop_last = len(train_examples) >= tcfg.batch_size
@@ -253,10 +279,11 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
     log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}"
-        + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "") + "; "
+        + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "")
+        + (f", data parallel over {world.size} processes" if world.distributed else "") + "; "
         f"{total_steps} steps")
     return Setup(run, device, precision, template, tokenizer, split, records, report, train_examples, val_examples,
-                 model, optimizer, scheduler, total_steps, drop_last, fast, audit)
+                 model, optimizer, scheduler, total_steps, drop_last, fast, audit, parallel)
 
 
 class Loop:
@@ -264,7 +291,8 @@ class Loop:
 
     def __init__(self, s: Setup, state: LoopState, best: dict[str, torch.Tensor] | None, log: Log,
                  on_step: Callable[[LoopState], None] | None, on_epoch_end: Callable[[Setup, int], None] | None):
-        self.s, self.state, self.best, self.log = s, state, best, log
+        self.s, self.state, self.best = s, state, best
+        self.log = log if distributed.world().main else _silent
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
         self.cfg = s.run.train
         self.out = Path(self.cfg.out)
@@ -274,10 +302,13 @@ class Loop:
         return self.state.seconds + time.perf_counter() - self.started
 
     def save_checkpoint(self, finished: bool = False) -> Path:
+        """Rank 0 writes (under torchrun every rank holds the same weights and optimizer state)."""
         s = self.s
-        return checkpoint.save(self.out, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                               loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best,
-                               finished=finished)
+        if distributed.world().main:
+            checkpoint.save(self.out, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+                            loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best, finished=finished)
+        distributed.barrier()
+        return self.out / checkpoint.CHECKPOINT
 
     def evaluate(self) -> dict[str, Any]:
         s, cfg, state = self.s, self.cfg, self.state
@@ -317,7 +348,7 @@ class Loop:
         s, cfg = self.s, self.cfg
         return train_step(s.model, s.optimizer, s.scheduler, examples, grad_accum=cfg.grad_accum,
                           pad_id=s.tokenizer.pad_token_id, clip=cfg.clip, precision=s.precision, device=s.device,
-                          pack_capacity=pack, static=cfg.compile, fast=s.fast)
+                          pack_capacity=pack, static=cfg.compile, fast=s.fast, parallel=s.parallel)
 
     def run_epoch(self, bar: Any) -> None:
         s, cfg, state = self.s, self.cfg, self.state
@@ -395,7 +426,8 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
         s.scheduler.load_state_dict(resume["scheduler"])
         state, best = LoopState(**resume["loop"]), resume["best_state"]
         checkpoint.set_rng_state(resume["rng"])
-        log(f"resumed at step {state.step} (epoch {state.epoch + 1})")
+        if distributed.world().main:
+            log(f"resumed at step {state.step} (epoch {state.epoch + 1})")
     loop = Loop(s, state, best, log, on_step, on_epoch_end)
     loop.fit()
     return finish(s, loop)

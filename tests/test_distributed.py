@@ -1,0 +1,74 @@
+"""torchrun: 2 gloo processes train exactly like one process with the whole batch; only rank 0 writes;
+a checkpoint written under torchrun resumes in one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import RECORDS
+
+COMMON = ["--model", "random:gpt2-tiny", "--data", "data.json", "--batch-size", "4", "--epochs", "1", "--eval-every", "2",
+          "--eval-batches", "2", "--precision", "fp32", "--no-sample", "--max-new-tokens", "4", "--lr", "1e-3",
+          "--train-frac", "0.8", "--test-frac", "0.1", "--no-audit"]
+
+
+def heed(*argv, procs=1, cwd):
+    env = dict(os.environ, HEED_ALLOCATOR="system", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+                if procs > 1 else [sys.executable])
+    proc = subprocess.run([*launcher, "-m", "heed", "train", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def losses(run):
+    return [(m["train_loss"], m["val_loss"]) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps(RECORDS * 2))
+    return tmp_path
+
+
+# LoRA without dropout: with it, each process draws its own dropout masks, as one process would not.
+@pytest.mark.parametrize("extra", [["--pack", "--grad-accum", "2"], ["--lora", "--lora-r", "4", "--lora-dropout", "0"]])
+def test_two_processes_train_like_one(data, extra):
+    if "--lora" in extra:
+        pytest.importorskip("peft")
+    one = heed(*COMMON, *extra, "--out", "one", cwd=data)
+    two = heed(*COMMON, *extra, "--out", "two", procs=2, cwd=data)
+    assert "data parallel over 2 processes" in two.stdout and two.stdout.count("done:") == 1  # rank 0 speaks
+    a, b = losses(data / "one"), losses(data / "two")
+    assert len(a) == len(b) == 3
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5)
+    wa, wb = weights(data / "one"), weights(data / "two")
+    for key in wa:  # lr 1e-3 Adam steps from sums taken in another order: fp32 rounding, no more
+        assert torch.allclose(wa[key], wb[key], rtol=1e-4, atol=1e-5), key
+    assert json.loads((data / "two" / "heed.json").read_text())["steps"] == 4
+    assert len(json.loads((data / "two" / "test-with-response.json").read_text())) == 2
+
+
+def test_a_torchrun_checkpoint_resumes_in_one_process(data):
+    heed(*COMMON, "--out", "cut", "--max-steps", "2", "--checkpoint-every", "1", procs=2, cwd=data)
+    heed("--resume", "cut", "--max-steps", "4", cwd=data)
+    heed(*COMMON, "--out", "whole", "--max-steps", "4", cwd=data)
+    assert torch.allclose(torch.tensor(losses(data / "cut")), torch.tensor(losses(data / "whole")), rtol=1e-5)
+
+
+def test_other_commands_refuse_torchrun(monkeypatch, capsys):
+    from heed.commands.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["generate", "--model", "random:gpt2-tiny", "--instruction", "hi"]) == 2
+    assert "only heed train runs under torchrun" in capsys.readouterr().err
