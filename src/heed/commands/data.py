@@ -46,7 +46,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = data_config(args, args.model)
     template = get_template(cfg.template)
-    records = load_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid)
+    from heed.data import with_system
+
+    records = with_system(load_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid,
+                                       format=cfg.format), cfg.system)
     record = next((r for r in records if r.index == args.index), None)  # numbers count skipped records too
     if record is None:
         last = records[-1].index
@@ -54,12 +57,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                         f"{last}" if not 0 <= args.index <= last else "an invalid record, skipped by --skip-invalid"))
     tokenizer = load_tokenizer(args.model)
     policy = "drop" if cfg.overlong == "error" else cfg.overlong
+    encode = dict(train_on_prompt=cfg.train_on_prompt, last_turn_only=cfg.last_turn_only, source=cfg.data)
     examples, report = encode_records([record], template, tokenizer, max_length=cfg.max_length, policy=policy,
-                                      train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+                                      **encode)
     note = ""
     if not examples:  # show the example whole, and say what training does with it
-        examples, _ = encode_records([record], template, tokenizer, max_length=10**9,
-                                     train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+        examples, _ = encode_records([record], template, tokenizer, max_length=10**9, **encode)
         note = f"training skips this record ({report.summary()}; --overlong {cfg.overlong})"
     example = examples[0]
     if args.json:
@@ -86,11 +89,38 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     result = audit(records, split, template, tokenizer, max_length=cfg.max_length, policy=cfg.overlong,
                    train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+    turns = turn_counts(split.train, template, tokenizer, cfg)
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(result.to_dict() | ({"turns": turns} if turns else {}), ensure_ascii=False))
     else:
         print(render(result))
+        if turns:
+            print(f"conversations: {turns['conversations']} in the training split, {turns['replies']} assistant "
+                  f"replies ({turns['trained_replies']} trained on), {turns['reply_tokens']} reply tokens trained "
+                  f"on, {turns['masked_tokens']} system/user tokens masked")
     return 0 if result.trainable else 2
+
+
+def turn_counts(records: list[Any], template: Any, tokenizer: Any, cfg: DataConfig) -> dict[str, int]:
+    """Per-turn counts of the conversation records among ``records`` (empty when there are none)."""
+    from heed.data.encode import IGNORE_INDEX, encode_records
+
+    chats = [r for r in records if r.turns is not None]
+    if not chats:
+        return {}
+    examples, _ = encode_records(chats, template, tokenizer, max_length=cfg.max_length, policy="truncate",
+                                 train_on_prompt=cfg.train_on_prompt, last_turn_only=cfg.last_turn_only)
+    counts = dict(conversations=len(chats), replies=0, trained_replies=0, reply_tokens=0, masked_tokens=0)
+    for example in examples:
+        for role, start, end in example.spans:
+            trained = sum(1 for label in example.labels[start:end] if label != IGNORE_INDEX)
+            if role == "assistant":
+                counts["replies"] += 1
+                counts["trained_replies"] += trained > 0
+                counts["reply_tokens"] += trained
+            else:
+                counts["masked_tokens"] += (end - start) - trained
+    return counts
 
 
 MODEL_HELP = "a model directory, hub id, or random:<preset> (only its tokenizer is used)"

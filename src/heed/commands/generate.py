@@ -18,6 +18,14 @@ def generate_config(args: argparse.Namespace) -> GenerateConfig:
     return cfg
 
 
+def saved_system(model: str) -> str | None:
+    """The system prompt a heed-trained model was trained with (heed.json), else None."""
+    from heed.model import read_meta
+
+    system = read_meta(model).get("system")
+    return system if isinstance(system, str) else None
+
+
 def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from heed.data.templates import get_template
     from heed.model import load_model, load_tokenizer, read_meta
@@ -38,9 +46,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = generate_config(args)
     if bool(args.data) == bool(args.instruction):
         raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
+    from heed.data import with_system
+
     records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False,
                             skip_invalid=args.skip_invalid) if args.data
                else [Record(0, args.instruction, args.input or "", None, {})])
+    with_system(records, saved_system(args.model))
     model, tokenizer, template = load_for_generation(args)
     if args.instruction:
         print(generate_responses(model, tokenizer, template, records, cfg)[0])
@@ -59,6 +70,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     cfg = generate_config(args)
     model, tokenizer, template = load_for_generation(args)
+    system = saved_system(args.model)
     print(f"heed chat with {args.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)
     while True:
         try:
@@ -67,7 +79,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             break
         if not line.strip():
             break
-        print(generate_responses(model, tokenizer, template, [Record(0, line, "", None, {})], cfg)[0], flush=True)
+        record = Record(0, line, "", None, {}, system=system)
+        print(generate_responses(model, tokenizer, template, [record], cfg)[0], flush=True)
     return 0
 
 

@@ -7,6 +7,15 @@ from heed.data.records import FieldMap, Record, Split, load_records, split_recor
 from heed.errors import HeedError
 
 
+def with_system(records: list[Record], system: str | None) -> list[Record]:
+    """``records`` with ``--system`` set on the instruction records (a conversation keeps its own system turn,
+    or takes ``system`` when it has none)."""
+    if system is not None:
+        for record in records:
+            record.system = system
+    return records
+
+
 def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
     """Load ``cfg.data`` (and ``--val-file``/``--test-file`` when given) and split as configured.
 
@@ -20,7 +29,8 @@ def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
         loaded[name] = None
         if path:
             try:
-                loaded[name] = load_records(path, fields, skip_invalid=cfg.skip_invalid)
+                loaded[name] = with_system(load_records(path, fields, skip_invalid=cfg.skip_invalid,
+                                                        format=cfg.format), cfg.system)
             except HeedError as e:
                 problems.extend(e.problems)
     if problems:

@@ -64,6 +64,8 @@ def run_meta(trained: Any) -> dict[str, Any]:
         "template": run.data.template,
         "max_length": run.data.max_length,
         "train_on_prompt": run.data.train_on_prompt,
+        "system": run.data.system,
+        "last_turn_only": run.data.last_turn_only,
         "masking": "none (prompt trained)" if run.data.train_on_prompt else "prompt masked (response + EOS)",
         "base_model": run.train.model,
         "precision": trained.precision,
