@@ -47,7 +47,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass
 class DataConfig:
-    data: str = opt("", "records: a JSON array or JSON Lines of instruction records or conversations", metavar="FILE")
+    data: str = opt("", "records: a JSON array or JSON Lines of instruction records or conversations; with the "
+                    "datasets package also a Parquet, CSV or Arrow file, a save_to_disk directory, or a cached hub "
+                    "dataset name", metavar="FILE")
+    split: str = opt("train", "split to read from a hub dataset or a saved DatasetDict", metavar="NAME")
+    data_config: str | None = opt(None, "configuration (subset) of a hub dataset", metavar="NAME")
     format: str = opt("auto", "record shape: instruction/input/output (alpaca), OpenAI 'messages' or ShareGPT "
                       "'conversations' (auto: from the file's first record)",
                       choices=("auto", "alpaca", "messages", "sharegpt"))

@@ -27,18 +27,24 @@ def saved_system(model: str) -> str | None:
 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    return load_generator(args.model, args.template, args.device)
+
+
+def load_generator(spec: str, template: str | None = None, device: str = "auto") -> tuple[Any, Any, Any]:
+    """Model, tokenizer and template for generation; the template is the model's own (heed.json) unless given."""
     from heed.data.templates import get_template
     from heed.model import load_model, load_tokenizer, read_meta
     from heed.runtime.device import choose_device
 
-    template = get_template(args.template or read_meta(args.model).get("template") or "alpaca")
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model).to(choose_device(args.device))
+    template = get_template(template or read_meta(spec).get("template") or "alpaca")
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec).to(choose_device(device))
     return model, tokenizer, template
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from heed.data.records import FieldMap, Record, load_records
+    from heed.data.records import FieldMap, Record
+    from heed.data.sources import read_records
     from heed.generate import generate_responses, responses_path, with_responses
     from heed.io import write_json
     from heed.runtime.progress import progress
@@ -48,7 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
     from heed.data import with_system
 
-    records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False,
+    records = (read_records(args.data, FieldMap.parse(args.fields), require_output=False,
                             skip_invalid=args.skip_invalid) if args.data
                else [Record(0, args.instruction, args.input or "", None, {})])
     with_system(records, saved_system(args.model))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from heed.config import DataConfig
-from heed.data.records import FieldMap, Record, Split, load_records, split_records
+from heed.data.records import FieldMap, Record, Split, split_records
+from heed.data.sources import read_records
 from heed.errors import HeedError
 
 
@@ -29,8 +30,8 @@ def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
         loaded[name] = None
         if path:
             try:
-                loaded[name] = with_system(load_records(path, fields, skip_invalid=cfg.skip_invalid,
-                                                        format=cfg.format), cfg.system)
+                loaded[name] = with_system(read_records(path, fields, skip_invalid=cfg.skip_invalid, format=cfg.format,
+                                                        split=cfg.split, config=cfg.data_config), cfg.system)
             except HeedError as e:
                 problems.extend(e.problems)
     if problems:
