@@ -36,6 +36,19 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert len(scope["answers"]) == 1 and isinstance(scope["answers"][0], str)
     assert scope["scores"].n == 2
 
+    # The saved tokenizer formats prompts as heed does, the system prompt included.
+    from heed.data.encode import record_prompt_ids
+    from heed.data.records import Record
+    from heed.data.templates import TEMPLATES
+    from heed.model import load_tokenizer
+
+    saved = load_tokenizer(str(tmp_path / "runs/api"))
+    ids = saved.apply_chat_template([{"role": "user", "content": "Add 2 and 3."}], add_generation_prompt=True)
+    record = Record(0, "Add 2 and 3.", "", None, {}, system="Answer briefly.")
+    assert list(ids["input_ids"] if hasattr(ids, "keys") else ids) == \
+        record_prompt_ids([record], saved, TEMPLATES["alpaca"])[0]
+    assert scope["trained"].tokenizer.chat_template is None  # the run's own tokenizer was left as it was
+
     # Generation reads the saved system prompt back, as it does the template.
     import heed.generate
 

@@ -6,6 +6,7 @@ model (``heed.json``) so generation formats prompts exactly as training did.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,27 @@ class Template:
             return self.prompt(user, system=system)
         return self.instruction.format(instruction=user).lstrip("\n") + self.response
 
+    def chat_template(self, *, bos: bool, system: str | None = None) -> str | None:
+        """This template as a Jinja chat template, for a saved tokenizer: ``apply_chat_template(messages,
+        add_generation_prompt=True)`` then formats as heed does (``turn_prompt``; EOS after each reply; the
+        default ``system`` prompt, or the preamble, when the messages have none; BOS first when ``bos``).
+        Markers in message text become control tokens there, as with any chat template; heed keeps them text."""
+        def lit(text: str) -> str:
+            return "{{ " + json.dumps(text) + " }}" if text else ""
+
+        before, after = self.instruction.split("{instruction}")
+        return ("{%- set turns = messages -%}" + ("{{ bos_token }}" if bos else "")
+                + "{%- if messages and messages[0]['role'] == 'system' -%}"
+                + lit(self.system_format.split("{system}")[0]) + "{{ messages[0]['content'] }}"
+                + lit(self.system_format.split("{system}")[-1]) + "{%- set turns = messages[1:] -%}"
+                + "{%- else -%}" + lit(self.head(system)) + "{%- endif -%}"
+                + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
+                + "{%- if loop.first -%}" + lit(before) + "{%- else -%}" + lit(before.lstrip("\n")) + "{%- endif -%}"
+                + "{{ m['content'] }}" + lit(after + self.response)
+                + "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}{{ eos_token }}"
+                + "{%- else -%}{{ raise_exception('heed template " + self.name + ": roles are system (first), "
+                + "user and assistant') }}{%- endif -%}{%- endfor -%}")
+
     @property
     def stop_markers(self) -> tuple[str, ...]:
         """Text that starts a new turn: a response is cut there (base models tend to run on)."""
@@ -100,6 +122,9 @@ class ChatTemplate(Template):
     @property
     def stop_markers(self) -> tuple[str, ...]:
         return ()
+
+    def chat_template(self, *, bos: bool, system: str | None = None) -> str | None:
+        return None  # the tokenizer's own stays
 
     @property
     def response_marker(self) -> str:

@@ -91,17 +91,31 @@ def config_yaml(config: dict[str, Any]) -> str:
     return head + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
+def saved_chat_template(trained: Any) -> str | None:
+    """The Jinja chat template saved with the tokenizer, so that ``apply_chat_template`` formats as heed
+    trained (None with the ``chat`` template: the tokenizer's own is already that)."""
+    from heed.data.encode import special_prefix
+
+    return trained.template.chat_template(bos=bool(special_prefix(trained.tokenizer)), system=trained.run.data.system)
+
+
 def save_run(trained: Any, out: Path | None = None) -> Path:
     """Write the trained model and the run's records to ``out`` (default: the run's ``--out``)."""
     out = Path(out or trained.run.train.out)
     out.mkdir(parents=True, exist_ok=True)
     # The model directory is written aside, then moved in file by file: never half a model.
     staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    tokenizer = trained.tokenizer
+    chat_template = saved_chat_template(trained)
+    own = getattr(tokenizer, "chat_template", None)
     try:
-        save_model(trained.model, trained.tokenizer, staging, run_meta(trained))
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template  # only while saving: the run's tokenizer stays as it was
+        save_model(trained.model, tokenizer, staging, run_meta(trained))
         for item in staging.iterdir():
             item.replace(out / item.name)
     finally:
+        tokenizer.chat_template = own
         shutil.rmtree(staging, ignore_errors=True)
     write_text(out / RUN_CONFIG, config_yaml(trained.run.to_dict()))
     if trained.audit is not None:
