@@ -249,3 +249,14 @@ def test_messages_file_error_is_one_line(capsys, write_json):
     path = write_json([chat(("user", "a"), ("user", "b"))])
     assert main(["data", "check", "--data", path, "--model", "random:gpt2-tiny"]) == 2
     assert capsys.readouterr().err.strip().startswith(f"heed: error: {path}: record 0: messages[1]: expected an")
+
+
+def test_many_records_missing_messages_are_counted_once(write_json):
+    path = write_json([TWO_TURNS] + [{"chat": []}] * 12)
+    with pytest.raises(HeedError) as e:
+        load_records(path)
+    assert e.value.problems == [
+        f"{path}: 'messages' is missing in 12 of 13 records (1, 2, 3, 4, 5, …)",
+        f"{path}: keys found: chat, messages; conversations are read from 'messages' (--format messages) or "
+        "'conversations' (--format sharegpt); --format alpaca reads instruction records",
+    ]

@@ -313,6 +313,9 @@ def _describe(path: Path, problems: list[Problem], values: list[Any], fields: Fi
 def _keys_hint(path: Path, values: list[Any], fields: FieldMap, missing: list[str]) -> str:
     keys = Counter(k for v in values if isinstance(v, dict) for k in v)
     found = ", ".join(k for k, _ in keys.most_common(10)) + (", …" if len(keys) > 10 else "")
+    if any(key in ("messages", "conversations") for key in missing):
+        return (f"{path}: keys found: {found or 'none'}; conversations are read from 'messages' (--format messages) "
+                "or 'conversations' (--format sharegpt); --format alpaca reads instruction records")
     names = {getattr(fields, name): name for name in ("instruction", "input", "output")}
     guesses: dict[str, str | None] = {}
     for key in missing:
