@@ -78,7 +78,7 @@ def test_corrupt_and_missing_files(tmp_path):
     with pytest.raises(HeedError, match="no such file"):
         read_records(str(tmp_path / "gone.csv"))
     (tmp_path / "plain").mkdir()
-    with pytest.raises(HeedError, match="is a directory, expected a JSON"):
+    with pytest.raises(HeedError, match="is a directory, expected a JSON or JSON Lines file"):
         read_records(str(tmp_path / "plain"))
 
 

@@ -87,7 +87,8 @@ def _order_problems(turns: list[tuple[str, str]], key: str, *, require_output: b
             break
         if role != expected:
             before = turns[n - 1][0] if n > start else "the start"
-            problems.append(f"{key}[{n}]: expected {'an' if expected == 'assistant' else 'a'} {expected} turn after {before}, found {role} "
+            article = "an" if expected == "assistant" else "a"
+            problems.append(f"{key}[{n}]: expected {article} {expected} turn after {before}, found {role} "
                             "(turns alternate user, assistant, user, ...; merge consecutive turns of one role)")
             break
         expected = "assistant" if role == "user" else "user"

@@ -168,7 +168,7 @@ def record_prompt_ids(records: Sequence[Record], tokenizer: Any, template: Templ
     out: list[list[int]] = [[] for _ in records]
     chats = {i for i, r in enumerate(records) if r.turns is not None}
     for i in chats:  # the conversation up to its last reply (or all of it, when it ends with a user turn)
-        segments = conversation_segments(records[i], template, tokenizer)
+        segments = conversation_segments(records[i], template, tokenizer, (strings, prefix))
         if records[i].turns[-1][0] == "assistant":
             segments = segments[: max(n for n, (trained, _) in enumerate(segments) if trained)]
         out[i] = [t for _, ids in segments for t in ids]
@@ -244,17 +244,21 @@ def _rendered_ids(rendered: str, tokenizer: Any, start: str, end: str, *, first:
 # Conversations: segments of ids, each a prompt (system/user turn and markers) or an assistant reply.
 
 
-def conversation_segments(record: Record, template: Template, tokenizer: Any) -> list[tuple[bool, list[int]]]:
+def conversation_segments(
+    record: Record, template: Template, tokenizer: Any, known: tuple[list[str], list[int]] | None = None,
+) -> list[tuple[bool, list[int]]]:
     """``[(is_reply, ids)]`` of a conversation record in order, BOS once at the start.
 
     With heed's templates every reply ends with EOS and the next user turn follows it (``turn_prompt``);
     with ``chat`` a reply is what the tokenizer's chat template writes for it (content and its end-of-turn
     marker, whitespace after the marker going to the next turn) and the last reply ends with EOS.
-    The records' text stays plain text, as in ``record_prompt_ids``.
+    The records' text stays plain text, as in ``record_prompt_ids``. ``known``: the tokenizer's
+    ``(control_strings(tokenizer), special_prefix(tokenizer))``, when the caller has them already.
     """
+    strings, prefix = known or (control_strings(tokenizer), special_prefix(tokenizer))
     turns = record.turns or []
     text = "".join(content for _, content in turns) + (record.system or "")
-    fence, start, end = _fencer(text, tokenizer, tokenizer.convert_ids_to_tokens(sorted(control_ids(tokenizer))))
+    fence, start, end = _fencer(text, tokenizer, strings)
     fence = fence or (lambda value: value)
     if template.uses_tokenizer:
         texts = _chat_texts(record, template, tokenizer, fence)
@@ -267,8 +271,12 @@ def conversation_segments(record: Record, template: Template, tokenizer: Any) ->
         if reply and (not template.uses_tokenizer or n == len(texts) - 1) and ids[-1:] != [eos]:
             ids.append(eos)
         segments.append((reply, ids))
-    segments[0] = (segments[0][0], _with_prefix(segments[0][1], special_prefix(tokenizer)))
+    segments[0] = (segments[0][0], _with_prefix(segments[0][1], prefix))
     return segments
+
+
+def control_strings(tokenizer: Any) -> list[str]:
+    return tokenizer.convert_ids_to_tokens(sorted(control_ids(tokenizer)))
 
 
 def _turn_texts(record: Record, template: Template, fence: Any) -> list[tuple[bool, str]]:
@@ -400,6 +408,7 @@ def encode_records(
         raise HeedError(f"--max-length must be at least 2 (got {max_length})")
     eos = eos_id(tokenizer)
     plain = [r for r in records if r.turns is None]
+    known = (control_strings(tokenizer), special_prefix(tokenizer)) if len(plain) < len(records) else None
     prompts = iter(record_prompt_ids(plain, tokenizer, template))
     responses = iter(plain_ids((r.output or "" for r in plain), tokenizer))
     report = EncodeReport(total=len(records), max_length=max_length, policy=policy)
@@ -410,8 +419,9 @@ def encode_records(
             prompt, response = next(prompts), list(next(responses)) + [eos]
             example = build_example(record.index, prompt, response, train_on_prompt=train_on_prompt)
         else:
-            example = build_conversation_example(record.index, conversation_segments(record, template, tokenizer),
-                                                 train_on_prompt=train_on_prompt, last_turn_only=last_turn_only)
+            segments = conversation_segments(record, template, tokenizer, known)
+            example = build_conversation_example(record.index, segments, train_on_prompt=train_on_prompt,
+                                                 last_turn_only=last_turn_only)
         if len(example.input_ids) > max_length:
             if policy == "error":
                 too_long.append(f"{source}: record {record.index}: {len(example.input_ids)} tokens, "

@@ -42,7 +42,7 @@ def read_records(
     path = Path(source).expanduser()
     if path.suffix.lower() in TABULAR:
         return _from_rows(str(source), _open_file(path), **check)
-    if path.is_dir():
+    if path.is_dir() and _is_saved_dataset(path):
         return _from_rows(str(source), _open_saved(path, split), **check)
     if not path.exists() and HUB_NAME.match(str(source)) and not path.suffix:
         return _from_rows(str(source), _open_hub(str(source), split, config), **check)
@@ -77,10 +77,12 @@ def _open_file(path: Path) -> Iterable[Any]:
         raise HeedError(f"{path}: cannot read it as {kind}: {_first_line(e)}") from None
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory written by ``save_to_disk`` (others are refused by ``load_records``, as any directory is)."""
+    return any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
 def _open_saved(path: Path, split: str) -> Iterable[Any]:
-    if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        raise HeedError(f"{path}: is a directory, expected a JSON, JSON Lines, Parquet, CSV or Arrow file, or a "
-                        "dataset saved with save_to_disk")
     datasets = _datasets(str(path))
     try:
         saved = datasets.load_from_disk(str(path))

@@ -40,8 +40,9 @@ class Template:
         if system is None:
             return self.preamble
         if not self.system_format:
+            takes = ", ".join(n for n, t in TEMPLATES.items() if t.system_format or t.uses_tokenizer)
             raise HeedError(f"template {self.name!r} takes no system prompt; drop --system (or the records' "
-                            f"system turns) or choose one of: {', '.join(n for n, t in TEMPLATES.items() if t.system_format or t.uses_tokenizer)}")
+                            f"system turns) or choose one of: {takes}")
         return self.system_format.format(system=system)
 
     def prompt(self, instruction: str, input: str = "", tokenizer: Any = None, system: str | None = None) -> str:
