@@ -47,7 +47,16 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass
 class DataConfig:
-    data: str = opt("", "instruction records (JSON array or JSON Lines)", metavar="FILE")
+    data: str = opt("", "records: a JSON array or JSON Lines of instruction records or conversations; with the "
+                    "datasets package also a Parquet, CSV or Arrow file, a save_to_disk directory, or a cached hub "
+                    "dataset name", metavar="FILE")
+    split: str = opt("train", "split to read from a hub dataset or a saved DatasetDict", metavar="NAME")
+    data_config: str | None = opt(None, "configuration (subset) of a hub dataset", metavar="NAME")
+    format: str = opt("auto", "record shape: instruction/input/output (alpaca), OpenAI 'messages' or ShareGPT "
+                      "'conversations' (auto: from the file's first record)",
+                      choices=("auto", "alpaca", "messages", "sharegpt"))
+    system: str | None = opt(None, "system prompt for instruction records (in place of the template's "
+                             "preamble); saved with the model", metavar="TEXT")
     fields: str | None = opt(None, "column names if not instruction/input/output, e.g. "
                              "'instruction=prompt,output=completion'", metavar="MAP")
     template: str | None = opt(None, "prompt template: alpaca, instruction-response, phi3, chat "
@@ -57,6 +66,8 @@ class DataConfig:
     overlong: str = opt("drop", "examples longer than --max-length: drop, truncate the response, or error",
                         choices=("drop", "truncate", "error"))
     train_on_prompt: bool = opt(False, "train on prompt tokens too (default: loss on the response and EOS only)")
+    last_turn_only: bool = opt(False, "in conversations, train on the last assistant reply only (default: "
+                               "every reply)")
     skip_invalid: bool = opt(False, "drop invalid records (counted and listed) instead of refusing the file")
     train_frac: float = opt(0.85, "share of records for training", check=SHARE)
     test_frac: float = opt(0.10, "share for the test set; the rest is validation", check=SHARE)

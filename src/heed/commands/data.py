@@ -37,60 +37,103 @@ def _use_color(choice: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def inspect_record(cfg: DataConfig, model: str, index: int = 0) -> tuple[Any, Any, dict[str, Any]]:
+    """Record ``index`` of ``cfg.data`` encoded as training would: ``(example, tokenizer, facts)``, the facts
+    being what ``heed inspect --json`` prints. ``cfg`` is resolved for ``model`` already (``data_config``)."""
+    from heed.data import with_system
     from heed.data.encode import encode_records
-    from heed.data.maskview import as_json, render
-    from heed.data.records import FieldMap, load_records
+    from heed.data.maskview import as_json
+    from heed.data.records import FieldMap
+    from heed.data.sources import read_records
     from heed.data.templates import get_template
     from heed.model import load_tokenizer
 
-    cfg = data_config(args, args.model)
     template = get_template(cfg.template)
-    records = load_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid)
-    record = next((r for r in records if r.index == args.index), None)  # numbers count skipped records too
+    records = with_system(read_records(cfg.data, FieldMap.parse(cfg.fields), skip_invalid=cfg.skip_invalid,
+                                       format=cfg.format, split=cfg.split, config=cfg.data_config), cfg.system)
+    record = next((r for r in records if r.index == index), None)  # numbers count skipped records too
     if record is None:
         last = records[-1].index
-        raise HeedError(f"{cfg.data}: --index {args.index} is " + ("out of range; the file has records 0 to "
-                        f"{last}" if not 0 <= args.index <= last else "an invalid record, skipped by --skip-invalid"))
-    tokenizer = load_tokenizer(args.model)
+        raise HeedError(f"{cfg.data}: --index {index} is " + ("out of range; the file has records 0 to "
+                        f"{last}" if not 0 <= index <= last else "an invalid record, skipped by --skip-invalid"))
+    tokenizer = load_tokenizer(model)
     policy = "drop" if cfg.overlong == "error" else cfg.overlong
+    encode = dict(train_on_prompt=cfg.train_on_prompt, last_turn_only=cfg.last_turn_only, source=cfg.data)
     examples, report = encode_records([record], template, tokenizer, max_length=cfg.max_length, policy=policy,
-                                      train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+                                      **encode)
     note = ""
     if not examples:  # show the example whole, and say what training does with it
-        examples, _ = encode_records([record], template, tokenizer, max_length=10**9,
-                                     train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+        examples, _ = encode_records([record], template, tokenizer, max_length=10**9, **encode)
         note = f"training skips this record ({report.summary()}; --overlong {cfg.overlong})"
-    example = examples[0]
+    facts = as_json(examples[0], tokenizer) | {"template": template.name, "max_length": cfg.max_length}
+    if note:
+        facts["note"] = note
+    return examples[0], tokenizer, facts
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from heed.data.maskview import render
+
+    example, tokenizer, facts = inspect_record(data_config(args, args.model), args.model, args.index)
     if args.json:
-        out = as_json(example, tokenizer) | {"template": template.name, "max_length": cfg.max_length}
-        if note:
-            out["note"] = note
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(facts, ensure_ascii=False))
     else:
         print(render(example, tokenizer, color=_use_color(args.color)))
-        if note:
-            print(f"note: {note}")
+        if "note" in facts:
+            print(f"note: {facts['note']}")
     return 0
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
+def check_data(cfg: DataConfig, model: str) -> tuple[Any, dict[str, int]]:
+    """The audit of ``heed data check`` and its per-turn counts (empty without conversations)."""
     from heed.data import load_split
-    from heed.data.audit import audit, render
+    from heed.data.audit import audit
     from heed.data.templates import get_template
     from heed.model import load_tokenizer
 
-    cfg = data_config(args, args.model)
     template = get_template(cfg.template)
     records, split = load_split(cfg)
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(model)
     result = audit(records, split, template, tokenizer, max_length=cfg.max_length, policy=cfg.overlong,
                    train_on_prompt=cfg.train_on_prompt, source=cfg.data)
+    return result, turn_counts(split.train, template, tokenizer, cfg)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from heed.data.audit import render
+
+    result, turns = check_data(data_config(args, args.model), args.model)
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(result.to_dict() | ({"turns": turns} if turns else {}), ensure_ascii=False))
     else:
         print(render(result))
+        if turns:
+            print(f"conversations: {turns['conversations']} in the training split, {turns['replies']} assistant "
+                  f"replies ({turns['trained_replies']} trained on), {turns['reply_tokens']} reply tokens trained "
+                  f"on, {turns['masked_tokens']} system/user tokens masked")
     return 0 if result.trainable else 2
+
+
+def turn_counts(records: list[Any], template: Any, tokenizer: Any, cfg: DataConfig) -> dict[str, int]:
+    """Per-turn counts of the conversation records among ``records`` (empty when there are none)."""
+    from heed.data.encode import IGNORE_INDEX, encode_records
+
+    chats = [r for r in records if r.turns is not None]
+    if not chats:
+        return {}
+    examples, _ = encode_records(chats, template, tokenizer, max_length=cfg.max_length, policy="truncate",
+                                 train_on_prompt=cfg.train_on_prompt, last_turn_only=cfg.last_turn_only)
+    counts = dict(conversations=len(chats), replies=0, trained_replies=0, reply_tokens=0, masked_tokens=0)
+    for example in examples:
+        for role, start, end in example.spans:
+            trained = sum(1 for label in example.labels[start:end] if label != IGNORE_INDEX)
+            if role == "assistant":
+                counts["replies"] += 1
+                counts["trained_replies"] += trained > 0
+                counts["reply_tokens"] += trained
+            else:
+                counts["masked_tokens"] += (end - start) - trained
+    return counts
 
 
 MODEL_HELP = "a model directory, hub id, or random:<preset> (only its tokenizer is used)"

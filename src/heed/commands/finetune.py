@@ -54,7 +54,9 @@ def test_responses(trained: Trained, out: Path, log: Log) -> None:
     if not world.main:
         return
     path = out / "test-with-response.json"
-    records = with_responses(test, responses)
+    # A conversation's reference is its last reply, kept as "output" for scoring.
+    records = [row | {"output": r.output} if r.turns is not None and "output" not in row else row
+               for r, row in zip(test, with_responses(test, responses))]
     write_json(path, records)
     log(f"test responses: {len(test)} in {time.perf_counter() - started:.1f}s -> {path}")
     scores = score(records)

@@ -18,19 +18,33 @@ def generate_config(args: argparse.Namespace) -> GenerateConfig:
     return cfg
 
 
+def saved_system(model: str) -> str | None:
+    """The system prompt a heed-trained model was trained with (heed.json), else None."""
+    from heed.model import read_meta
+
+    system = read_meta(model).get("system")
+    return system if isinstance(system, str) else None
+
+
 def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    return load_generator(args.model, args.template, args.device)
+
+
+def load_generator(spec: str, template: str | None = None, device: str = "auto") -> tuple[Any, Any, Any]:
+    """Model, tokenizer and template for generation; the template is the model's own (heed.json) unless given."""
     from heed.data.templates import get_template
     from heed.model import load_model, load_tokenizer, saved_template
     from heed.runtime.device import choose_device
 
-    template = get_template(saved_template(args.model, args.template))
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model).to(choose_device(args.device))
+    template = get_template(saved_template(spec, template))
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec).to(choose_device(device))
     return model, tokenizer, template
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from heed.data.records import FieldMap, Record, load_records
+    from heed.data.records import FieldMap, Record
+    from heed.data.sources import read_records
     from heed.generate import generate_responses, responses_path, with_responses
     from heed.io import write_json
     from heed.runtime.progress import progress
@@ -38,9 +52,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = generate_config(args)
     if bool(args.data) == bool(args.instruction):
         raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
-    records = (load_records(args.data, FieldMap.parse(args.fields), require_output=False,
+    from heed.data import with_system
+
+    records = (read_records(args.data, FieldMap.parse(args.fields), require_output=False,
                             skip_invalid=args.skip_invalid) if args.data
                else [Record(0, args.instruction, args.input or "", None, {})])
+    with_system(records, saved_system(args.model))
     model, tokenizer, template = load_for_generation(args)
     if args.instruction:
         print(generate_responses(model, tokenizer, template, records, cfg)[0])
@@ -59,6 +76,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     cfg = generate_config(args)
     model, tokenizer, template = load_for_generation(args)
+    system = saved_system(args.model)
     print(f"heed chat with {args.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)
     while True:
         try:
@@ -67,7 +85,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             break
         if not line.strip():
             break
-        print(generate_responses(model, tokenizer, template, [Record(0, line, "", None, {})], cfg)[0], flush=True)
+        record = Record(0, line, "", None, {}, system=system)
+        print(generate_responses(model, tokenizer, template, [record], cfg)[0], flush=True)
     return 0
 
 

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from heed.config import DataConfig
-from heed.data.records import FieldMap, Record, Split, load_records, split_records
+from heed.data.records import FieldMap, Record, Split, split_records
+from heed.data.sources import read_records
 from heed.errors import HeedError
+
+
+def with_system(records: list[Record], system: str | None) -> list[Record]:
+    """``records`` with ``--system`` set on the instruction records (a conversation keeps its own system turn,
+    or takes ``system`` when it has none)."""
+    if system is not None:
+        for record in records:
+            record.system = system
+    return records
 
 
 def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
@@ -20,7 +30,8 @@ def load_split(cfg: DataConfig) -> tuple[list[Record], Split]:
         loaded[name] = None
         if path:
             try:
-                loaded[name] = load_records(path, fields, skip_invalid=cfg.skip_invalid)
+                loaded[name] = with_system(read_records(path, fields, skip_invalid=cfg.skip_invalid, format=cfg.format,
+                                                        split=cfg.split, config=cfg.data_config), cfg.system)
             except HeedError as e:
                 problems.extend(e.problems)
     if problems:

@@ -28,7 +28,15 @@ def as_json(example: Example, tokenizer: Any) -> dict[str, Any]:
         "prompt_length": example.prompt_length,
         "truncated": example.truncated,
         "totals": totals(example),
+        "turns": turns(example),
     }
+
+
+def turns(example: Example) -> list[dict[str, Any]]:
+    """A conversation's turns: role ("prompt" for system/user turns, "assistant"), token span, tokens trained on."""
+    return [{"role": role, "start": start, "end": end,
+             "trained": sum(1 for i in range(max(start, 1), end) if example.labels[i] != IGNORE_INDEX)}
+            for role, start, end in example.spans]
 
 
 def totals(example: Example) -> dict[str, int]:
@@ -63,4 +71,7 @@ def render(example: Example, tokenizer: Any, *, color: bool = True) -> str:
     footer = (f"\n\nrecord {example.index}: {t['tokens']} tokens, {t['supervised']} trained on ({share:.1%}), "
               f"{t['masked']} masked; prompt {example.prompt_length} tokens"
               + (", response truncated" if example.truncated else "") + f"   [{legend}]")
+    for n, turn in enumerate(turns(example)):
+        size = turn["end"] - turn["start"]
+        footer += f"\n  turn {n} {turn['role']}: {size} tokens, {turn['trained']} trained on"
     return "".join(pieces) + footer

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heed.data.conversations import FORMATS, SHAPES, detect_format, validate_turns
 from heed.errors import HeedError
 
 OUTPUT_ALIASES = ("response",)
@@ -64,6 +65,10 @@ class Record:
     input: str
     output: str | None
     raw: dict[str, Any] = field(default_factory=dict)
+    # A conversation record's turns, ``[(role, content)]`` with roles system/user/assistant; None for an
+    # instruction record. ``instruction`` is then its first user turn and ``output`` its last assistant turn.
+    turns: list[tuple[str, str]] | None = None
+    system: str | None = None  # --system for an instruction record (a conversation carries its own)
 
     @property
     def task(self) -> str | None:
@@ -205,7 +210,7 @@ def _not_json(path: Path, stripped: str) -> str:
 
 def _single_object(path: Path, whole: dict, fields: FieldMap, line: int | None) -> list[tuple[int, Any, int | None]]:
     """A file holding one object is one record, unless the object wraps the records (``{"data": [...]}``)."""
-    if fields.instruction not in whole:
+    if fields.instruction not in whole and detect_format(whole) == "alpaca":
         lists = [k for k, v in whole.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         if lists:
             raise HeedError(f"{path}: expected a JSON array of records or JSON Lines, found an object "
@@ -234,21 +239,41 @@ def _parse_lines(path: Path, lines: list[str]) -> tuple[list[tuple[int, Any, int
 
 
 def load_records(
-    path: str | Path, fields: FieldMap = FieldMap(), *, require_output: bool = True, skip_invalid: bool = False
+    path: str | Path, fields: FieldMap = FieldMap(), *, require_output: bool = True, skip_invalid: bool = False,
+    format: str = "auto",
 ) -> list[Record]:
     """Load and validate every record of ``path``; raise one ``HeedError`` listing all problems.
 
     ``skip_invalid`` drops the invalid records instead, saying in one line how many and which.
+    ``format``: ``alpaca`` (instruction/input/output), ``messages`` or ``sharegpt`` conversations
+    (``heed.data.conversations``), or ``auto``: the shape of the file's first record.
 
     >>> # data.json: [{"instruction": "Add 2 and 3.", "input": "", "output": "5"}]
     >>> # load_records("data.json")[0]  ->  Record(index=0, instruction='Add 2 and 3.', input='', output='5')
     """
     path = Path(path)
     items, problems = _parse_file(path, fields)
+    return check_records(path, items, problems, fields, require_output=require_output, skip_invalid=skip_invalid,
+                         format=format)
+
+
+def check_records(
+    path: Path | str, items: list[tuple[int, Any, int | None]], problems: list[Problem], fields: FieldMap = FieldMap(),
+    *, require_output: bool = True, skip_invalid: bool = False, format: str = "auto",
+) -> list[Record]:
+    """Validate parsed ``[(index, value, line)]`` (from a file, a list of dicts, a dataset) as ``load_records`` does."""
+    path = Path(path)
+    if format not in FORMATS:
+        raise HeedError(f"unknown data format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "auto":
+        format = detect_format(next((v for _, v, _ in items if isinstance(v, dict)), None))
     total = len(items) + len(problems)  # lines that are not JSON are records too
     records: list[Record] = []
     for index, value, line in items:
-        record, found = _validate(value, index, fields, require_output)
+        if format == "alpaca":
+            record, found = _validate(value, index, fields, require_output)
+        else:
+            record, found = _validate_conversation(value, index, format, require_output)
         problems.extend(Problem(index, line, text, missing) for text, missing in found)
         if record is not None:
             records.append(record)
@@ -288,6 +313,9 @@ def _describe(path: Path, problems: list[Problem], values: list[Any], fields: Fi
 def _keys_hint(path: Path, values: list[Any], fields: FieldMap, missing: list[str]) -> str:
     keys = Counter(k for v in values if isinstance(v, dict) for k in v)
     found = ", ".join(k for k, _ in keys.most_common(10)) + (", …" if len(keys) > 10 else "")
+    if any(key in ("messages", "conversations") for key in missing):
+        return (f"{path}: keys found: {found or 'none'}; conversations are read from 'messages' (--format messages) "
+                "or 'conversations' (--format sharegpt); --format alpaca reads instruction records")
     names = {getattr(fields, name): name for name in ("instruction", "input", "output")}
     guesses: dict[str, str | None] = {}
     for key in missing:
@@ -340,6 +368,23 @@ def _validate(
     if problems:
         return None, problems
     return Record(index, instruction, input_text, output, dict(value)), []
+
+
+def _validate_conversation(
+    value: Any, index: int, format: str, require_output: bool
+) -> tuple[Record | None, list[tuple[str, str | None]]]:
+    turns, found = validate_turns(value, format, require_output=require_output)
+    key = SHAPES[format][0]
+    problems = [(text, key if text.startswith(f"'{key}' is missing") else None) for text in found]
+    if turns is None:
+        return None, problems
+    problems.extend((p, None) for p in _surrogates(value))
+    if problems:
+        return None, problems
+    users = [c for r, c in turns if r == "user"]
+    replies = [c for r, c in turns if r == "assistant"]
+    output = replies[-1] if replies and turns[-1][0] == "assistant" else None
+    return Record(index, users[0], "", output, dict(value), turns=turns), []
 
 
 def _surrogates(value: dict[str, Any]) -> list[str]:

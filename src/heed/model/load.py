@@ -239,12 +239,14 @@ def saved_template(spec: str, override: str | None = None) -> str:
 
 
 def resolve_data(cfg: DataConfig, spec: str) -> DataConfig:
-    """``cfg`` with the template and max length filled: from a heed-trained model's heed.json, else the
-    defaults (alpaca; the model's context length). A new config; ``cfg`` is left as it was."""
+    """``cfg`` with the template, system prompt and max length filled: from a heed-trained model's heed.json,
+    else the defaults (alpaca; no system prompt; the model's context length). A new config; ``cfg`` is left
+    as it was."""
     meta = read_meta(spec)
     template = saved_template(spec, cfg.template)
+    system = cfg.system if cfg.system is not None else meta.get("system")
     max_length = cfg.max_length or meta.get("max_length") or context_length(model_config(spec))
-    return replace(cfg, template=template, max_length=max_length)
+    return replace(cfg, template=template, system=system, max_length=max_length)
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from heed.config import FastPath, RunConfig, validate
-from heed.data import load_split
+from heed.data import load_split, with_system
 from heed.data.batch import batch_order, iter_batches, make_batch
 from heed.data.encode import EncodeReport, Example, encode_records
 from heed.data.records import Record, Split
@@ -233,10 +233,11 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     split.check(needs_val=tcfg.patience is not None)  # the rule `heed data check` applies, before any model loads
     run = absolute_paths(RunConfig(resolve_data(run.data, tcfg.model), tcfg))  # what heed.json and run.yaml record
     dcfg, tcfg = run.data, run.train
+    with_system(records, dcfg.system)  # a heed-trained model's own system prompt, when --system is not given
     template = get_template(dcfg.template)
     tokenizer = load_tokenizer(tcfg.model)
     encode = dict(template=template, tokenizer=tokenizer, max_length=dcfg.max_length, policy=dcfg.overlong,
-                  train_on_prompt=dcfg.train_on_prompt, source=dcfg.data)
+                  train_on_prompt=dcfg.train_on_prompt, last_turn_only=dcfg.last_turn_only, source=dcfg.data)
     train_examples, report = encode_records(split.train, **encode)
     val_examples, _ = encode_records(split.val, **encode)
     if not train_examples:

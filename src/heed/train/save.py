@@ -63,6 +63,8 @@ def run_meta(trained: Any) -> dict[str, Any]:
         "template": run.data.template,
         "max_length": run.data.max_length,
         "train_on_prompt": run.data.train_on_prompt,
+        "system": run.data.system,
+        "last_turn_only": run.data.last_turn_only,
         "masking": "none (prompt trained)" if run.data.train_on_prompt else "prompt masked (response + EOS)",
         "base_model": run.train.model,
         "precision": trained.precision,
@@ -88,11 +90,27 @@ def config_yaml(config: dict[str, Any]) -> str:
     return head + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
+def saved_chat_template(trained: Any) -> str | None:
+    """The Jinja chat template saved with the tokenizer, so that ``apply_chat_template`` formats as heed
+    trained (None with the ``chat`` template: the tokenizer's own is already that)."""
+    from heed.data.encode import special_prefix
+
+    return trained.template.chat_template(bos=bool(special_prefix(trained.tokenizer)), system=trained.run.data.system)
+
+
 def save_run(trained: Any, out: Path | None = None) -> Path:
     """Write the trained model and the run's records to ``out`` (default: the run's ``--out``)."""
     out = Path(out or trained.run.train.out)
-    with staged_into(out) as staging:  # the model directory is written aside: never half a model
-        save_model(trained.model, trained.tokenizer, staging, run_meta(trained))
+    tokenizer = trained.tokenizer
+    chat_template = saved_chat_template(trained)
+    own = getattr(tokenizer, "chat_template", None)
+    try:
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template  # only while saving: the run's tokenizer stays as it was
+        with staged_into(out) as staging:  # the model directory is written aside: never half a model
+            save_model(trained.model, tokenizer, staging, run_meta(trained))
+    finally:
+        tokenizer.chat_template = own
     write_text(out / RUN_CONFIG, config_yaml(trained.run.to_dict()))
     if trained.audit is not None:
         write_json(out / "audit.json", trained.audit)

@@ -1,0 +1,105 @@
+"""Records from Hugging Face datasets: Parquet, CSV, Arrow, save_to_disk directories, cached hub names."""
+
+import sys
+
+import pytest
+
+from heed.commands.cli import main
+from heed.config import DataConfig
+from heed.data import load_split
+from heed.data.sources import read_records
+from heed.errors import HeedError
+from tests.conftest import RECORDS
+
+datasets = pytest.importorskip("datasets")
+
+CHATS = [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+         for r in RECORDS]
+
+
+@pytest.fixture(autouse=True)
+def empty_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+
+
+def as_plain(records):
+    return [(r.instruction, r.input, r.output) for r in records]
+
+
+EXPECTED = [(r["instruction"], r["input"], r["output"]) for r in RECORDS]
+
+
+def test_parquet_csv_arrow_read_like_json(tmp_path):
+    ds = datasets.Dataset.from_list(RECORDS)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.to_csv(str(tmp_path / "d.csv"), index=False)
+    arrow = datasets.Dataset.from_list(RECORDS)
+    arrow.save_to_disk(str(tmp_path / "saved"))
+    [arrow_file] = (tmp_path / "saved").glob("*.arrow")
+    for path in (tmp_path / "d.parquet", tmp_path / "d.csv", arrow_file, tmp_path / "saved"):
+        assert as_plain(read_records(str(path))) == EXPECTED, path
+
+
+def test_messages_parquet_and_a_dataset_object(tmp_path):
+    ds = datasets.Dataset.from_list(CHATS)
+    ds.to_parquet(str(tmp_path / "c.parquet"))
+    for source in (str(tmp_path / "c.parquet"), ds):
+        records = read_records(source)
+        assert records[1].turns == [("user", RECORDS[1]["instruction"]), ("assistant", RECORDS[1]["output"])]
+
+
+def test_saved_dataset_dict_split(tmp_path):
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS[:6]),
+                          "test": datasets.Dataset.from_list(RECORDS[6:])}).save_to_disk(str(tmp_path / "dd"))
+    assert len(read_records(str(tmp_path / "dd"))) == 6
+    assert len(read_records(str(tmp_path / "dd"), split="test")) == 4
+    with pytest.raises(HeedError, match=r"dd: has no split 'dev'; choose one with --split \(train, test\)"):
+        read_records(str(tmp_path / "dd"), split="dev")
+    _, split = load_split(DataConfig(data=str(tmp_path / "dd"), split="test", train_frac=0.5, test_frac=0.5))
+    assert len(split.train) == 2
+
+
+def test_invalid_rows_named_like_json(tmp_path):
+    rows = [dict(r) for r in RECORDS[:3]]
+    rows[2]["output"] = ""
+    path = tmp_path / "bad.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    with pytest.raises(HeedError) as e:
+        read_records(str(path))
+    assert e.value.problems == [f"{path}: record 2: 'output' is empty"]
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(HeedError, match=rf"^{bad}: cannot read it as parquet: "):
+        read_records(str(bad))
+    with pytest.raises(HeedError, match="no such file"):
+        read_records(str(tmp_path / "gone.csv"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(HeedError, match="is a directory, expected a JSON or JSON Lines file"):
+        read_records(str(tmp_path / "plain"))
+
+
+def test_uncached_hub_dataset_says_how_to_fetch_it(capsys):
+    assert main(["data", "check", "--data", "tatsu-lab/alpaca", "--model", "random:gpt2-tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("heed: error: --data tatsu-lab/alpaca: not a file, and not found in the local Hugging "
+                          "Face datasets cache; on a machine with internet run") and "\n" not in err
+
+
+def test_without_the_datasets_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    path = tmp_path / "d.parquet"
+    with pytest.raises(HeedError) as e:
+        read_records(str(path))
+    assert str(e.value) == (f"{path}: reading it needs the datasets package; install it with "
+                            "pip install 'heed[datasets]'")
+
+
+def test_cli_reads_parquet(tmp_path, capsys):
+    path = tmp_path / "d.parquet"
+    datasets.Dataset.from_list(RECORDS).to_parquet(str(path))
+    assert main(["inspect", "--data", str(path), "--model", "random:gpt2-tiny", "--json", "--index", "4"]) == 0
+    assert "Paris" in capsys.readouterr().out
