@@ -118,26 +118,28 @@ def timed_passes():
             setattr(module, name, fn)
 
 
-def check(records: list[dict]) -> tuple[int, dict, dict]:
-    """Run ``heed data check --json`` in this process on ``records``: exit code, findings, timings."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "data.json")
-        Path(path).write_text(json.dumps(records), encoding="utf-8")
-        out = io.StringIO()
-        with timed_passes() as passes, contextlib.redirect_stdout(out):
-            wall, cpu = time.perf_counter(), time.process_time()
-            code = main(["data", "check", "--data", path, "--model", "random:gpt2-tiny", "--json"])
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+def check(path: str) -> tuple[int, dict, dict]:
+    """Run ``heed data check --json`` in this process on ``path``: exit code, findings, timings."""
+    out = io.StringIO()
+    with timed_passes() as passes, contextlib.redirect_stdout(out):
+        wall, cpu = time.perf_counter(), time.process_time()
+        code = main(["data", "check", "--data", path, "--model", "random:gpt2-tiny", "--json"])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return code, json.loads(out.getvalue()), {"seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)} | passes
 
 
-def run(n: int, seed: int) -> dict:
+def run(n: int, seed: int, folder: str, keep: bool = False) -> dict:
     exact, near = max(1, n // 200), max(1, n // 200)
     t0 = time.perf_counter()
     records, planted = make_records(n, exact=exact, near=near, seed=seed)
+    path = os.path.join(folder, f"data-{n}.json")
+    Path(path).write_text(json.dumps(records), encoding="utf-8")
+    del records  # the check holds its own
     made = time.perf_counter() - t0
     load_before = os.getloadavg()[0]
-    code, found, timings = check(records)
+    code, found, timings = check(path)
+    if not keep:
+        os.remove(path)
     near_found = sorted([a, b] for a, b, _ in found["near_duplicates"])
     ok = (code == 0 and sorted(found["exact_duplicates"]) == sorted(planted["exact"])
           and near_found == sorted(planted["near"])
@@ -154,13 +156,15 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, action="append", help="record count (repeatable; default 50000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", metavar="DIR", help="leave the generated files here (data-N.json), e.g. to time other code")
     args = parser.parse_args(argv)
-    check(make_records(200, exact=1, near=1)[0])  # imports and the tokenizer's first load, not timed
     ok = True
-    for n in args.records or [50_000]:
-        result = run(n, args.seed)
-        print(json.dumps(result), flush=True)
-        ok &= result["findings_ok"]
+    with tempfile.TemporaryDirectory() as tmp:
+        run(200, args.seed, tmp)  # imports and the tokenizer's first load, not timed
+        for n in args.records or [50_000]:
+            result = run(n, args.seed, args.keep or tmp, keep=bool(args.keep))
+            print(json.dumps(result), flush=True)
+            ok &= result["findings_ok"]
     return 0 if ok else 1
 
 

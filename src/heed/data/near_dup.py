@@ -105,7 +105,8 @@ def _bigram_ids(texts: Iterable[str], total: int | None, progress: bool | None) 
     """Every text's bigrams as int64 ids, concatenated, with ``offsets`` (text k is ``offsets[k]:offsets[k+1]``)."""
     vocab = _Vocab()
     lookup = vocab.__getitem__
-    word_ids = array("q")  # 8 bytes a word, not a Python list's 8 + the list's growth
+    chunks: list[np.ndarray] = []  # word ids, one array per 4,096 texts (a long list of ints is big)
+    word_ids: list[int] = []
     counts = array("q")
     with progress_bar(total, "near duplicates", progress) as bar:
         for k, text in enumerate(texts):
@@ -113,10 +114,14 @@ def _bigram_ids(texts: Iterable[str], total: int | None, progress: bool | None) 
             word_ids.extend(map(lookup, words(text)))
             counts.append(len(word_ids) - before)
             if k % 4096 == 4095:
+                chunks.append(np.array(word_ids, dtype=np.int64))
+                word_ids.clear()
                 bar.update(4096)
+    chunks.append(np.array(word_ids, dtype=np.int64))
     if len(vocab) >= 1 << _WORD_BITS:
         raise ValueError("more than 2**31 distinct words")
-    ids = np.frombuffer(word_ids, dtype=np.int64) if len(word_ids) else np.zeros(0, np.int64)
+    ids = np.concatenate(chunks)
+    del chunks
     n_words = np.frombuffer(counts, dtype=np.int64) if len(counts) else np.zeros(0, np.int64)
     # Word p starts a bigram with word p+1 unless it is the last of its text; a one-word text keeps
     # its word as its one token.
