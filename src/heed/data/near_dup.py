@@ -59,8 +59,8 @@ def bigram_jaccard(a: str, b: str) -> float:
 
 @dataclass
 class Scan:
-    """What ``scan`` found: ``pairs`` ``(i, j, jaccard)`` with ``i < j``, sorted, and how many distinct
-    candidate pairs it compared exactly (``compared``) out of ``n·(n-1)/2``."""
+    """What ``scan`` found: ``pairs`` ``(i, j, jaccard)`` with ``i < j``, sorted, and how many candidate
+    pairs it compared exactly (``compared``), where a pairwise scan compares ``n·(n-1)/2``."""
 
     pairs: list[tuple[int, int, float]]
     compared: int
