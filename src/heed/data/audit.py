@@ -2,59 +2,39 @@
 
 Counts duplicates (exact and near), conflicting answers, empty inputs, token lengths, over-long and
 unsupervisable examples, the supervised-token share, and test prompts that also occur in training.
+Every pass is linear in the records except the near-duplicate scan, which is near-linear
+(``heed.data.near_dup``); records are tokenized once, in batches, keeping only their lengths.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from heed.data.encode import EncodeReport, Example, encode_records
+import numpy as np
+
+from heed.data.encode import EncodeReport, encode_records, eos_id, plain_ids, record_prompt_ids
+from heed.data.near_dup import NEAR_DUPLICATE_JACCARD, near_duplicates, progress_bar
 from heed.data.records import Record, Split
 from heed.data.templates import Template
 
-NEAR_DUPLICATE_JACCARD = 0.9
+ENCODE_BATCH = 4096  # records tokenized per call: large enough for the tokenizer's threads, small in memory
 
 
 def _normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
+    """Lowercased, whitespace runs made one space, ends stripped (``str.split`` and ``\\s`` agree on spaces)."""
+    return " ".join(text.lower().split())
 
 
-def _prompt_key(record: Record) -> str:
-    return _normalize(record.instruction) + "\x00" + _normalize(record.input)
+def _prompt_key(record: Record) -> bytes:
+    return _digest(_normalize(record.instruction) + "\x00" + _normalize(record.input))
 
 
-def _shingles(text: str) -> frozenset[str]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < 2:
-        return frozenset(words)
-    return frozenset(" ".join(pair) for pair in zip(words, words[1:]))
-
-
-def near_duplicates(texts: Sequence[str], threshold: float = NEAR_DUPLICATE_JACCARD) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, jaccard)`` of texts whose word-bigram sets overlap by at least ``threshold``.
-
-    Texts are visited by set size: a pair can only reach the threshold when the smaller set holds at
-    least ``threshold`` times as many bigrams as the larger, which bounds the inner loop.
-    """
-    sets = [_shingles(t) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(sets[i]))
-    pairs = []
-    for pos, i in enumerate(order):
-        a = sets[i]
-        if not a:
-            continue
-        for j in order[pos + 1:]:
-            b = sets[j]
-            if len(a) < threshold * len(b):
-                break
-            common = len(a & b)
-            score = common / (len(a) + len(b) - common)
-            if score >= threshold:
-                pairs.append((min(i, j), max(i, j), round(score, 3)))
-    return sorted(pairs)
+def _digest(text: str) -> bytes:
+    """16 bytes standing for ``text`` in the duplicate tables (a million records' text would fill memory)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
@@ -93,67 +73,187 @@ class Audit:
 
 def audit(
     records: Sequence[Record], split: Split, template: Template, tokenizer: Any, *,
-    max_length: int, policy: str, train_on_prompt: bool, source: str,
+    max_length: int, policy: str, train_on_prompt: bool, source: str, progress: bool | None = None,
 ) -> Audit:
-    """Audit ``records`` (all of them) and the training split that ``split`` would train on."""
-    result = Audit(source, len(records), max_length, policy, split.sizes())
+    """Audit ``records`` (all of them) and the training split that ``split`` would train on.
 
-    first_seen: dict[str, int] = {}
-    first_prompt: dict[str, Record] = {}
+    ``progress``: None shows bars on a terminal when a pass takes more than two seconds; False never.
+    """
+    result = Audit(source, len(records), max_length, policy, split.sizes())
+    prompt_keys, copies = _duplicates(result, records)
+    result.near_duplicates = _near_duplicates([r for r, copy in zip(records, copies) if not copy], progress)
+    train_prompts = {prompt_keys.get(id(r)) or _prompt_key(r) for r in split.train}
+    result.test_in_train = [r.index for r in split.test if _prompt_key(r) in train_prompts]
+    lengths = _token_lengths(records, template, tokenizer, train_on_prompt, progress)
+    _length_findings(result, lengths, train_on_prompt)
+    report, supervised, tokens = _encode_train(split.train, lengths, template, tokenizer, max_length=max_length,
+                                               policy=policy, train_on_prompt=train_on_prompt, source=source)
+    result.encode = report.to_dict()
+    result.supervised_share = supervised / tokens if tokens else 0.0
+    result.problems.extend(split.problems())  # the rule heed train applies
+    _judge(result, report)
+    return result
+
+
+def _duplicates(result: Audit, records: Sequence[Record]) -> tuple[dict[int, bytes], list[bool]]:
+    """Fill exact duplicates, conflicting outputs and empty inputs. Returns each record's prompt key
+    (by ``id(record)``) and, per record, whether it is a later exact copy.
+
+    Duplicates compare text lowercased with whitespace runs made one space; each later copy is paired
+    with the first occurrence.
+    """
+    first_seen: dict[bytes, int] = {}
+    first_prompt: dict[bytes, tuple[Record, bytes]] = {}
+    prompt_keys: dict[int, bytes] = {}
+    copies = []
     for record in records:
-        full = _prompt_key(record) + "\x00" + _normalize(record.output or "")
+        key = _prompt_key(record)
+        output = _digest(_normalize(record.output or ""))
+        prompt_keys[id(record)] = key
+        full = key + output
+        copies.append(full in first_seen)
         if full in first_seen:
             result.exact_duplicates.append((first_seen[full], record.index))
         else:
             first_seen[full] = record.index
-        key = _prompt_key(record)
-        earlier = first_prompt.setdefault(key, record)
-        if earlier is not record and _normalize(earlier.output or "") != _normalize(record.output or ""):
+        earlier, earlier_output = first_prompt.setdefault(key, (record, output))
+        if earlier is not record and earlier_output != output:
             result.conflicting_outputs.append((earlier.index, record.index))
         if not record.input.strip():
             result.empty_inputs += 1
-    texts = [f"{r.instruction}\n{r.input}\n{r.output}" for r in records]
-    exact = {(a, b) for a, b in result.exact_duplicates}
-    result.near_duplicates = [
-        (records[i].index, records[j].index, s) for i, j, s in near_duplicates(texts)
-        if (records[i].index, records[j].index) not in exact
-    ]
-    train_prompts = {_prompt_key(r) for r in split.train}
-    result.test_in_train = [r.index for r in split.test if _prompt_key(r) in train_prompts]
+    return prompt_keys, copies
 
-    # Full lengths, before any length policy.
-    unbounded, _ = encode_records(records, template, tokenizer, max_length=10**9, policy="drop",
-                                  train_on_prompt=train_on_prompt, source=source)
-    lengths = sorted(len(e.input_ids) for e in unbounded)
+
+def _near_duplicates(kept: Sequence[Record], progress: bool | None) -> list[tuple[int, int, float]]:
+    """Near-duplicate pairs among ``kept``: the records that are not a later exact copy. A copy has its
+    first occurrence's bigrams, so it would only repeat that record's pairs (and k copies would pair
+    with each other k² times); the copies are listed under exact duplicates."""
+    texts = _Texts(kept)
+    return [(kept[i].index, kept[j].index, s) for i, j, s in near_duplicates(texts, progress=progress)]
+
+
+class _Texts:
+    """Each record's text for the near-duplicate scan, made as it is read (none are held)."""
+
+    def __init__(self, records: Sequence[Record]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return (f"{r.instruction}\n{r.input}\n{r.output}" for r in self.records)
+
+
+@dataclass
+class _Lengths:
+    """Per record (in file order): whole-example, prompt and supervised tokens; -1 where no example came out."""
+
+    index: np.ndarray  # the records' indices
+    position: dict[int, int]  # id(record) -> row
+    tokens: np.ndarray
+    prompt: np.ndarray
+    supervised: np.ndarray
+
+
+def _token_lengths(records: Sequence[Record], template: Template, tokenizer: Any, train_on_prompt: bool,
+                   progress: bool | None) -> _Lengths:
+    """Tokenize every record once, in batches, with no length limit, keeping only the lengths: the
+    ids ``encode_records`` would build, without building its examples."""
+    eos_id(tokenizer)  # the same error as encoding would give
+    n = len(records)
+    position = {id(r): row for row, r in enumerate(records)}
+    prompt = np.zeros(n, np.int64)
+    response = np.zeros(n, np.int64)
+    with progress_bar(n, "token lengths", progress) as bar:
+        for lo in range(0, n, ENCODE_BATCH):
+            batch = [r for r in records[lo:lo + ENCODE_BATCH] if r.turns is None]
+            prompts = record_prompt_ids(batch, tokenizer, template)  # as training encodes them
+            responses = plain_ids([r.output or "" for r in batch], tokenizer)
+            rows = [position[id(r)] for r in batch]
+            prompt[rows] = [len(ids) for ids in prompts]
+            response[rows] = [len(ids) + 1 for ids in responses]  # + EOS
+            bar.update(len(records[lo:lo + ENCODE_BATCH]))
+    supervised = supervised_from_lengths(prompt, response, train_on_prompt)
+    conversations = [r for r in records if r.turns is not None]
+    if conversations:  # several turns: their lengths are the examples' own
+        examples, _ = encode_records(conversations, template, tokenizer, max_length=10**9, policy="drop",
+                                     train_on_prompt=train_on_prompt)
+        by_index = {r.index: r for r in conversations}
+        for example in examples:
+            row = position[id(by_index[example.index])]
+            prompt[row], response[row] = example.prompt_length, len(example.input_ids) - example.prompt_length
+            supervised[row] = example.supervised_tokens
+    has = supervised > 0  # encode_records never yields an example with nothing to learn
+    return _Lengths(np.array([r.index for r in records], dtype=np.int64),
+                    position,
+                    np.where(has, prompt + response, -1), np.where(has, prompt, -1), supervised)
+
+
+def supervised_from_lengths(prompt: np.ndarray, response: np.ndarray, train_on_prompt: bool) -> np.ndarray:
+    """``Example.supervised_tokens`` from lengths alone (``response`` counts the EOS): labels 1.. that
+    are not -100, i.e. all but the first token with ``train_on_prompt``, else the response tokens less
+    one when the prompt is empty (label 0 is never a target).
+
+    >>> supervised_from_lengths(np.array([3, 0]), np.array([2, 2]), False).tolist()
+    [2, 1]
+    """
+    if train_on_prompt:
+        return prompt + response - 1
+    return response - (prompt == 0)
+
+
+def _length_findings(result: Audit, lengths: _Lengths, train_on_prompt: bool) -> None:
+    """Length statistics, over-long records and records whose prompt alone fills the max length."""
+    has = lengths.tokens >= 0
+    ordered = np.sort(lengths.tokens[has]).tolist()
     result.lengths = {
-        "min": lengths[0] if lengths else 0, "median": int(statistics.median(lengths)) if lengths else 0,
-        "p95": _percentile(lengths, 0.95), "max": lengths[-1] if lengths else 0,
+        "min": ordered[0] if ordered else 0, "median": int(statistics.median(ordered)) if ordered else 0,
+        "p95": _percentile(ordered, 0.95), "max": ordered[-1] if ordered else 0,
     }
-    result.over_max_length = [e.index for e in unbounded if len(e.input_ids) > max_length]
-    result.zero_supervised = [e.index for e in unbounded if e.prompt_length >= max_length and not train_on_prompt]
+    result.over_max_length = lengths.index[has & (lengths.tokens > result.max_length)].tolist()
+    if not train_on_prompt:
+        result.zero_supervised = lengths.index[has & (lengths.prompt >= result.max_length)].tolist()
 
+
+def _encode_train(
+    train: Sequence[Record], lengths: _Lengths, template: Template, tokenizer: Any, *,
+    max_length: int, policy: str, train_on_prompt: bool, source: str,
+) -> tuple[EncodeReport, int, int]:
+    """What ``encode_records`` would report on the training split, with supervised and predicted tokens.
+
+    An example within ``max_length`` is untouched by any length policy, so its unbounded lengths
+    stand; only the rest (over-long, or not among the audited records) are encoded again under the policy.
+    """
     effective = "drop" if policy == "error" else policy
-    examples, report = encode_records(split.train, template, tokenizer, max_length=max_length, policy=effective,
-                                      train_on_prompt=train_on_prompt, source=source)
-    result.encode = report.to_dict()
-    result.supervised_share = _supervised_share(examples)
-    result.problems.extend(split.problems())  # the rule heed train applies
-    _judge(result, report, examples)
-    return result
+    report = EncodeReport(total=len(train), max_length=max_length, policy=effective)
+    supervised = tokens = 0
+    again: list[Record] = []
+    for record in train:
+        row = lengths.position.get(id(record))
+        if row is None or not 0 <= lengths.tokens[row] <= max_length:
+            again.append(record)
+            continue
+        supervised += int(lengths.supervised[row])
+        tokens += int(lengths.tokens[row]) - 1
+    for lo in range(0, len(again), ENCODE_BATCH):
+        examples, part = encode_records(again[lo:lo + ENCODE_BATCH], template, tokenizer, max_length=max_length,
+                                        policy=effective, train_on_prompt=train_on_prompt, source=source)
+        report.dropped_too_long += part.dropped_too_long
+        report.truncated += part.truncated
+        report.dropped_no_supervision += part.dropped_no_supervision
+        supervised += sum(e.supervised_tokens for e in examples)
+        tokens += sum(len(e.input_ids) - 1 for e in examples)
+    return report, supervised, tokens
 
 
-def _supervised_share(examples: Sequence[Example]) -> float:
-    tokens = sum(len(e.input_ids) - 1 for e in examples)
-    return sum(e.supervised_tokens for e in examples) / tokens if tokens else 0.0
-
-
-def _judge(result: Audit, report: EncodeReport, examples: list[Example]) -> None:
+def _judge(result: Audit, report: EncodeReport) -> None:
     if result.policy == "error" and result.over_max_length:
         result.problems.append(
             f"{len(result.over_max_length)} record(s) are longer than {result.max_length} tokens and "
             f"--overlong is 'error' (first: record {result.over_max_length[0]}); use --overlong drop or truncate"
         )
-    if not examples and result.split["train"]:
+    if not report.kept and result.split["train"]:
         result.problems.append(
             f"no training example survives: {report.summary()}; raise --max-length or use --overlong truncate"
         )
