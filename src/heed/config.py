@@ -123,7 +123,10 @@ class TrainConfig:
     audit: bool = opt(True, "skip the data audit (audit.json); it re-encodes every record",
                       flag="--no-audit")
     max_new_tokens: int = opt(256, "new tokens per test response at most", check=at_least(1))
-    lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model)")
+    lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model; the adapter is "
+                                  "saved on its own in adapter/ too)")
+    merge: bool = opt(True, "with --lora: save only the adapter (with the tokenizer and heed.json), not the "
+                      "merged model", flag="--no-merge")
 
     def validate(self) -> list[str]:
         problems = check_fields(self)
@@ -132,6 +135,8 @@ class TrainConfig:
             problems.append(f"--grad-accum must be between 1 and --batch-size (got {self.grad_accum})")
         if self.lora is not None:
             problems += self.lora.validate()
+        elif self.merge is False:
+            problems.append("--no-merge needs --lora (a model without adapters has nothing to merge)")
         return problems
 
 
