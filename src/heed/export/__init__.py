@@ -15,9 +15,9 @@ def _hf_dir(spec: str, scratch: Path) -> Path:
     """A Hugging Face directory holding ``spec``'s weights: the model directory itself, else (a preset,
     an adapter directory) the model loaded by heed and saved into ``scratch``."""
     from heed.io import read_json, write_json
-    from heed.model import gpt2_tokenizer, load_model, load_tokenizer, save_model
+    from heed.model import gpt2_tokenizer, load_model, load_tokenizer, resolve, save_model
 
-    path = Path(spec).expanduser()
+    path = Path(resolve(spec)).expanduser()  # a built-in model: its cached directory
     if path.is_dir() and (path / "config.json").is_file():
         for item in path.iterdir():  # linked, not copied: config.json may need a key added below
             if item.is_file() and item.name != "config.json":
