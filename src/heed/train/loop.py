@@ -95,7 +95,8 @@ class Setup:
 
 @dataclass
 class Trained:
-    """A finished run: the model (adapters merged, fp32, eval mode) and what it needs to be saved and used."""
+    """A finished run: the model (adapters merged unless --no-merge, fp32, eval mode) and what it needs to be
+    saved and used."""
 
     model: Any
     tokenizer: Any
