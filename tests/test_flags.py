@@ -22,6 +22,10 @@ GEN = ["generate", "--model", "random:gpt2-tiny", "--instruction", "hi"]
     (["demo", "--n", "5"], "--n must be at least 20 (got 5)"),
     (["demo", "--out", ""], "--out must be a non-empty path (got )"),
     (["tasks", "make", "--n", "0", "--out", "x.json"], "--n must be at least 1 (got 0)"),
+    (["serve", "--model", "random:gpt2-tiny", "--max-body-bytes", "10"], "--max-body-bytes must be at least 64 (got 10)"),
+    (["serve", "--model", "random:gpt2-tiny", "--batch-wait-ms", "nan"], "--batch-wait-ms must be a finite number (got nan)"),
+    (["serve", "--model", "random:gpt2-tiny", "--max-prompt-tokens", "0"], "--max-prompt-tokens must be at least 1 (got 0)"),
+    (["serve", "--model", "random:gpt2-tiny", "--timeout", "0"], "--timeout must be a positive number (got 0.0)"),
 ])
 def test_numeric_flags_are_range_checked(argv, message, capsys, monkeypatch):
     import heed.model

@@ -134,7 +134,10 @@ class TrainConfig:
     audit: bool = opt(True, "skip the data audit (audit.json); it re-encodes every record",
                       flag="--no-audit")
     max_new_tokens: int = opt(256, "new tokens per test response at most", check=at_least(1))
-    lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model)")
+    lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model; the adapter is "
+                                  "saved on its own in adapter/ too)")
+    merge: bool = opt(True, "with --lora: save only the adapter (with the tokenizer and heed.json), not the "
+                      "merged model", flag="--no-merge")
 
     def validate(self) -> list[str]:
         problems = check_fields(self)
@@ -143,6 +146,8 @@ class TrainConfig:
             problems.append(f"--grad-accum must be between 1 and --batch-size (got {self.grad_accum})")
         if self.lora is not None:
             problems += self.lora.validate()
+        elif self.merge is False:
+            problems.append("--no-merge needs --lora (a model without adapters has nothing to merge)")
         return problems
 
 
@@ -159,6 +164,29 @@ class GenerateConfig:
     cache: str = opt("dynamic", "KV cache: dynamic, static (preallocated), or compiled (static, the decoding "
                      "step compiled with torch.compile; CUDA graphs on CUDA; the first batch pays the compile)",
                      choices=("dynamic", "static", "compiled"))
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+@dataclass
+class ServeConfig:
+    """``heed serve``: where it listens, how it batches, and how large a request may be."""
+
+    host: str = opt("127.0.0.1", "address to bind (default: this machine only; 0.0.0.0 exposes the server)")
+    port: int = opt(8000, "TCP port (0: any free port)", check=(lambda v: 0 <= v <= 65535, "between 0 and 65535"))
+    name: str | None = opt(None, "model name shown in /v1/models and /api/tags (default: the --model directory's name)")
+    max_batch: int = opt(8, "requests decoded together in one batch at most", check=at_least(1))
+    batch_wait_ms: float = opt(5.0, "how long the worker waits for more requests before decoding a batch",
+                               check=NON_NEGATIVE)
+    max_queue: int = opt(64, "waiting requests at most; more are refused with HTTP 503", check=at_least(1))
+    max_new_tokens: int = opt(256, "cap on max_tokens / num_predict; also the default when a request sets none",
+                              check=at_least(1))
+    max_body_bytes: int = opt(1_000_000, "largest request body in bytes (HTTP 413 above it)", check=at_least(64))
+    max_messages: int = opt(64, "most chat messages in one request", check=at_least(1))
+    max_prompt_tokens: int | None = opt(None, "longest prompt in tokens (default: the model's context length "
+                                        "less max_new_tokens)", check=at_least(1))
+    timeout: float = opt(300.0, "seconds a request may wait for its answer (HTTP 503 after)", check=POSITIVE)
 
     def validate(self) -> list[str]:
         return check_fields(self)

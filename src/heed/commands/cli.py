@@ -12,13 +12,13 @@ from heed.errors import HeedError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from heed.commands import bench, data, demo, evaluate, generate, train
+    from heed.commands import bench, data, demo, evaluate, export, generate, serve, train
 
     parser = argparse.ArgumentParser(
         prog="heed", description="Instruction finetuning for pretrained causal language models.")
     parser.add_argument("--version", action="version", version=f"heed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, generate, evaluate, bench, demo):
+    for module in (data, train, generate, evaluate, serve, export, bench, demo):
         module.register(sub)
     return parser
 

@@ -108,6 +108,7 @@ def register(sub: Any) -> None:
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora", dest="use_lora", action="store_true", help=TrainConfig.__dataclass_fields__["lora"].metadata["help"])
     add_flags(g, LoraConfig)
+    add_flags(g, TrainConfig, only=("merge",))
     data_flags(p)
     for action in p._actions:  # --data may come from --config or --resume
         if action.dest == dest(DataConfig, "data"):

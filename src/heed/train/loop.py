@@ -26,7 +26,7 @@ from heed.data.records import Record, Split
 from heed.data.templates import Template, get_template
 from heed.errors import HeedError
 from heed.model import load_model, load_tokenizer, resolve_data
-from heed.model.lora import add_adapters, merged
+from heed.model.lora import adapter_of, add_adapters, merged
 from heed.runtime import allocator, distributed
 from heed.runtime.compile import BUCKET
 from heed.runtime.device import choose_device, resolve_precision
@@ -101,7 +101,8 @@ class Setup:
 
 @dataclass
 class Trained:
-    """A finished run: the model (adapters merged, fp32, eval mode) and what it needs to be saved and used."""
+    """A finished run: the model (adapters merged unless --no-merge, fp32, eval mode) and what it needs to be
+    saved and used."""
 
     model: Any
     tokenizer: Any
@@ -113,6 +114,7 @@ class Trained:
     precision: str
     device: torch.device
     audit: dict[str, Any] | None = None
+    adapter: Any = None  # with --lora: the adapter on its own (heed.model.lora.Adapter), saved beside the model
 
 
 class NonFiniteLoss(Exception):
@@ -408,8 +410,11 @@ def finish(s: Setup, loop: Loop) -> Trained:
         loop.save_checkpoint(finished=True)
     result = TrainResult(Path(s.run.train.out), state.step, state.tokens_seen, state.best_step, state.best_val,
                          last["train_loss"], last["val_loss"], state.stopped_early, state.seconds, state.metrics)
-    model = merged(s.model.float()).eval()  # merge adapters into fp32 weights
-    return Trained(model, s.tokenizer, s.template, s.run, result, s.split, s.report, s.precision, s.device, s.audit)
+    s.model.float()
+    adapter = adapter_of(s.model, s.run.train.model) if s.run.train.lora else None  # taken before the merge
+    model = (merged(s.model) if s.run.train.merge else s.model).eval()  # adapters merged into fp32 weights
+    return Trained(model, s.tokenizer, s.template, s.run, result, s.split, s.report, s.precision, s.device, s.audit,
+                   adapter)
 
 
 def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log, fast: FastPath = FastPath(),

@@ -23,7 +23,7 @@ RUN_CONFIG = "run.yaml"
 OUTPUTS = ("heed.json", RUN_CONFIG, "audit.json", "metrics.jsonl", "loss.png", "test-with-response.json",
            "test-scores.json", "checkpoint", "report.html", "report.md", "config.json", "generation_config.json",
            "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab.json",
-           "merges.txt", "added_tokens.json", "chat_template.jinja", "adapter_config.json")
+           "merges.txt", "added_tokens.json", "chat_template.jinja", "adapter_config.json", "adapter")
 TEMPORARY = (".staging.", ".model.", ".checkpoint.")  # staging that a killed run can leave behind
 
 
@@ -98,6 +98,19 @@ def saved_chat_template(trained: Any) -> str | None:
     return trained.template.chat_template(bos=bool(special_prefix(trained.tokenizer)), system=trained.run.data.system)
 
 
+def save_adapted(trained: Any, out: Path, meta: dict[str, Any]) -> None:
+    """A LoRA run: the merged model with the adapter in ``adapter/`` (itself loadable, with the tokenizer
+    and heed.json), or with ``--no-merge`` the adapter alone in ``out``."""
+    from heed.model.lora import save_adapter
+
+    adapter_dir = out / "adapter" if trained.run.train.merge else out
+    if trained.run.train.merge:
+        save_model(trained.model, trained.tokenizer, out, meta)
+    save_adapter(trained.adapter, adapter_dir)
+    trained.tokenizer.save_pretrained(adapter_dir)
+    write_json(adapter_dir / "heed.json", meta)
+
+
 def save_run(trained: Any, out: Path | None = None) -> Path:
     """Write the trained model and the run's records to ``out`` (default: the run's ``--out``)."""
     out = Path(out or trained.run.train.out)
@@ -108,7 +121,10 @@ def save_run(trained: Any, out: Path | None = None) -> Path:
         if chat_template is not None:
             tokenizer.chat_template = chat_template  # only while saving: the run's tokenizer stays as it was
         with staged_into(out) as staging:  # the model directory is written aside: never half a model
-            save_model(trained.model, tokenizer, staging, run_meta(trained))
+            if trained.adapter is None:
+                save_model(trained.model, tokenizer, staging, run_meta(trained))
+            else:
+                save_adapted(trained, staging, run_meta(trained))
     finally:
         tokenizer.chat_template = own
     write_text(out / RUN_CONFIG, config_yaml(trained.run.to_dict()))

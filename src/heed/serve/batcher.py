@@ -1,0 +1,129 @@
+"""One worker thread owns the model: requests wait in a queue, and the worker decodes those waiting
+together as one ``generate_ids`` batch (up to ``max_batch``; requests with the same sampling settings).
+
+A row's tokens do not depend on what else is in its batch (left padding, positions counted per row),
+so batching changes latency and throughput, never the answer of a greedy request.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from heed.config import GenerateConfig
+from heed.data.encode import eos_id
+from heed.errors import HeedError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a batch must share: greedy (temperature 0) or one sampling setting with its seed."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 123
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling = Sampling()
+    result: Future = field(default_factory=Future)  # new token ids (EOS not included) and whether EOS ended it
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Batcher:
+    """Queue + worker. ``submit`` returns a Future of ``(ids, stopped_at_eos)``."""
+
+    def __init__(self, model: Any, tokenizer: Any, gen: GenerateConfig, *, max_batch: int, wait_s: float,
+                 max_queue: int):
+        self.model, self.tokenizer, self.gen = model, tokenizer, gen
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+        self.eos = eos_id(tokenizer)
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.batches = 0  # decoded so far; tests read it to see that requests were grouped
+        self.largest_batch = 0
+        self._held: list[Job] = []  # taken from the queue, waiting for a batch of their own sampling
+        self._thread = threading.Thread(target=self._run, name="heed-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+        return job.result
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _take(self) -> list[Job] | None:
+        """The next batch: the oldest job and the waiting ones with its sampling settings."""
+        if not self._held:
+            first = self.jobs.get()
+            if first is None:
+                return None
+            self._held.append(first)
+            time.sleep(self.wait_s)  # let concurrent requests arrive
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # stop after the held jobs are answered
+                break
+            self._held.append(job)
+        key = self._held[0].sampling
+        batch = [j for j in self._held if j.sampling == key][:self.max_batch]
+        self._held = [j for j in self._held if j not in batch]
+        return batch
+
+    def _run(self) -> None:
+        from heed.generate import generate_ids, make_decoder
+        from heed.runtime.device import autocast, resolve_precision
+
+        device = next(self.model.parameters()).device
+        precision = resolve_precision(self.gen.precision, device)
+        decoder = make_decoder(self.model, self.gen)
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            batch = [j for j in batch if j.result.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            s = batch[0].sampling
+            cfg = replace(self.gen, max_new_tokens=max(j.max_new_tokens for j in batch), temperature=s.temperature,
+                          top_k=s.top_k, top_p=s.top_p, seed=s.seed)
+            generator = torch.Generator(device=device).manual_seed(s.seed) if s.temperature > 0 else None
+            try:
+                with autocast(precision, device):
+                    new = generate_ids(self.model, [j.prompt for j in batch], pad_id=self.pad, eos=self.eos, cfg=cfg,
+                                       generator=generator, decoder=decoder)
+            except Exception as e:  # noqa: BLE001 - a failed batch answers its requests, the server lives on
+                for j in batch:
+                    j.result.set_exception(e if isinstance(e, HeedError) else HeedError(f"generation failed: {e}"))
+                continue
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            for j, ids in zip(batch, new):
+                # A row that ran past its own limit only because a neighbour asked for more is cut back:
+                # greedy tokens are the same as if it had been decoded alone with its own limit.
+                stopped = len(ids) < cfg.max_new_tokens
+                if len(ids) >= j.max_new_tokens:
+                    ids, stopped = ids[:j.max_new_tokens], False
+                j.result.set_result((ids, stopped))
