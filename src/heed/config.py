@@ -145,9 +145,9 @@ class GenerateConfig:
     seed: int = opt(123, "seed for sampling")
     precision: str = opt("fp32", "fp32, or bf16 autocast (faster on CUDA and AMX CPUs; tokens may differ "
                          "slightly), or auto", choices=PRECISIONS)
-    cache: str = opt("dynamic", "KV cache: dynamic, static (preallocated), or compiled (static, the decoding "
-                     "step compiled with torch.compile; CUDA graphs on CUDA; the first batch pays the compile)",
-                     choices=("dynamic", "static", "compiled"))
+    cache: str = opt("auto", "KV cache: auto (compiled on CUDA, dynamic on CPU), dynamic, static (preallocated), "
+                     "or compiled (static, the decoding step compiled with torch.compile; CUDA graphs on CUDA; the "
+                     "first batch pays the compile)", choices=("auto", "dynamic", "static", "compiled"))
 
     def validate(self) -> list[str]:
         return check_fields(self)
