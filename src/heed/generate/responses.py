@@ -17,6 +17,7 @@ from heed.data.encode import eos_id, record_prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
 from heed.generate.decode import DynamicDecoder, StaticDecoder
+from heed.model.attention import attention_backends
 from heed.runtime.device import autocast, resolve_precision
 from heed.errors import HeedError
 
@@ -82,17 +83,19 @@ def generate_ids(
     rng = _sampling_rng(cfg, generator, device)
     states = []  # the generator's state after each step: set back to the last row's finishing step
     with decoder.running():
-        logits = decoder.prefill(ids, mask, prompt_positions, steps)
-        for i in range(steps):
-            token = torch.where(finished, pad, _next_token(logits.float(), cfg, generator))  # (B,)
-            tokens[:, i] = token
-            finished |= token == eos
-            if rng is not None:
-                states.append(rng.get_state())
-            if i == steps - 1 or ((i + 1) % check_every == 0 and bool(finished.all())):
-                break
-            positions = positions + 1
-            logits = decoder.step(token[:, None], positions)
+        with attention_backends(device, static=False):  # every batch of prompts has another width
+            logits = decoder.prefill(ids, mask, prompt_positions, steps)
+        with attention_backends(device, static=getattr(decoder, "static_steps", False)):
+            for i in range(steps):
+                token = torch.where(finished, pad, _next_token(logits.float(), cfg, generator))  # (B,)
+                tokens[:, i] = token
+                finished |= token == eos
+                if rng is not None:
+                    states.append(rng.get_state())
+                if i == steps - 1 or ((i + 1) % check_every == 0 and bool(finished.all())):
+                    break
+                positions = positions + 1
+                logits = decoder.step(token[:, None], positions)
     model.train(was_training)
     out = [row[:row.index(eos)] if eos in row else row for row in tokens.tolist()]  # the one sync
     if rng is not None:

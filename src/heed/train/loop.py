@@ -28,6 +28,7 @@ from heed.errors import HeedError
 from heed.model import load_model, load_tokenizer, resolve_data
 from heed.model.lora import add_adapters, merged
 from heed.runtime import allocator
+from heed.model.attention import attention_backends
 from heed.runtime.compile import BUCKET
 from heed.runtime.device import choose_device, resolve_precision
 from heed.runtime.progress import log as _log
@@ -128,7 +129,8 @@ def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id
     for i, batch in enumerate(iter_batches(examples, batch_size, pad_id, pad_to_multiple_of=bucket)):
         if i >= num_batches:
             break
-        total += float(loss_sum(model, batch.to(device), precision, device, fast))
+        with attention_backends(device, static):
+            total += float(loss_sum(model, batch.to(device), precision, device, fast))
         tokens += batch.supervised_tokens
     model.train(was_training)
     return total / tokens
@@ -151,7 +153,8 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
     for start in range(0, len(examples), size):
         micro = examples[start:start + size]
         batch = make_batch(micro, pad_id, pack_capacity=pack_capacity, static=static).to(device)
-        loss = loss_sum(model, batch, precision, device, fast)
+        with attention_backends(device, static):  # the forward picks the kernel; its backward follows
+            loss = loss_sum(model, batch, precision, device, fast)
         (loss / supervised).backward()
         total += float(loss.detach())
     if not math.isfinite(total):
