@@ -164,10 +164,13 @@ class FastPath:
     fold_clip: bool = True  # gradient clipping folded into the fused AdamW kernel
     fused_act: bool = True  # GPT-2's GELU as PyTorch's fused kernel
     short_attn: bool = True  # short rows' attention written out on the CPU (heed.model.attention)
+    # packed rows' attention: flex (FlexAttention with a per-example block mask, heed.model.attention),
+    # mask (SDPA over the whole row with a dense block-diagonal mask), auto (flex on CUDA, mask on a CPU)
+    packed_attn: str = "auto"
 
     @classmethod
     def none(cls) -> "FastPath":
-        return cls("full", False, False, False, False, False)
+        return cls("full", False, False, False, False, False, packed_attn="mask")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from heed.config import FastPath
 from heed.data.batch import Batch
 from heed.data.encode import IGNORE_INDEX
+from heed.model.attention import packed_attention, use_packed_attention
 from heed.model.lora import is_adapted
 from heed.runtime.compile import compile_module, compiled
 from heed.runtime.device import autocast
@@ -69,7 +70,8 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
     forward = compiled(model)  # compiled by compile_body, or the model as is
     if forward is None:
         forward = model if parts is None else parts[0]
-    with autocast(precision, device):
+    flex = batch.position_ids is not None and use_packed_attention(fast.packed_attn, device)
+    with autocast(precision, device), packed_attention(model, flex):
         if parts is None:
             logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
