@@ -158,7 +158,10 @@ class FastPath:
     """heed's speed features, each switchable: ``heed train`` uses the defaults; ``heed bench`` turns
     them off one at a time (and all of them for the original design's reference loop)."""
 
-    head: str = "supervised"  # supervised: logits only where a target is trained on (heed.train.loss); full
+    # supervised: logits only where a target is trained on, heed's fused head (heed.train.loss); torch:
+    # the same positions through torch.nn.functional.linear_cross_entropy; full: every position's logits;
+    # auto: supervised on a CPU, torch on CUDA (heed.train.loss.resolve_head says why)
+    head: str = "auto"
     tied_lookup: bool = True  # the tied embedding's lookup gradient added into the head's
     fused_adamw: bool = True  # AdamW's fused kernel where torch has one
     fold_clip: bool = True  # gradient clipping folded into the fused AdamW kernel

@@ -92,7 +92,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
-FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
+FAST = {"precision": "auto", "head": "auto", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
         "allocator": "mimalloc", "fused_act": True, "short_attn": True, "tied_lookup": True, "tf32": True,
         "pack": False, "budget": False, "compile": False}
 TRAIN_MODES: dict[str, dict[str, Any]] = {
