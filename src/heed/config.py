@@ -95,6 +95,10 @@ class TrainConfig:
     batch_size: int = opt(8, "examples per optimizer step (split into --grad-accum micro-batches)",
                           check=at_least(1))
     grad_accum: int = opt(1, "micro-batches per step", check=at_least(1))
+    tokens_per_step: int | None = opt(None, "form each optimizer step from examples filling at most N tokens "
+                                      "instead of --batch-size examples (for a GPU: e.g. 8192 with --pack); "
+                                      "the loss stays the mean over the step's supervised tokens",
+                                      check=at_least(1), metavar="N")
     pack: bool = opt(False, "pack each micro-batch into padding-free rows of at most --pack-length tokens "
                      "(attention never crosses examples; same loss and gradients as padding)")
     pack_length: int = opt(256, "longest packed row (capped at --max-length; on CPU longer rows cost more "

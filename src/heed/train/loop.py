@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from heed.config import FastPath, RunConfig, validate
+from heed.config import FastPath, RunConfig, TrainConfig, validate
 from heed.data import load_split
-from heed.data.batch import batch_order, iter_batches, make_batch
+from heed.data.batch import batch_order, iter_batches, make_batch, token_budget_order
 from heed.data.encode import EncodeReport, Example, encode_records
 from heed.data.records import Record, Split
 from heed.data.templates import Template, get_template
@@ -167,6 +167,17 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
     return total / supervised
 
 
+def step_order(examples: Sequence[Example], cfg: TrainConfig, *, shuffle: bool, seed: int,
+               drop_last: bool) -> list[list[int]]:
+    """The example indices of each optimizer step of one epoch: ``cfg.batch_size`` examples a step, or with
+    ``cfg.tokens_per_step`` as many as fill that many tokens (every example kept: the steps differ in
+    size anyway)."""
+    if cfg.tokens_per_step:
+        lengths = [len(e.input_ids) - 1 for e in examples]
+        return token_budget_order(lengths, cfg.tokens_per_step, shuffle=shuffle, seed=seed)
+    return batch_order(len(examples), cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
 def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
     """Linear warmup, then constant or cosine decay to 10% of the peak learning rate."""
 
@@ -249,7 +260,7 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, tcfg.lr, tcfg.weight_decay, fused=fast.fused_adamw)
     drop_last = len(train_examples) >= tcfg.batch_size
-    steps_per_epoch = len(batch_order(len(train_examples), tcfg.batch_size, shuffle=False, seed=0, drop_last=drop_last))
+    steps_per_epoch = len(step_order(train_examples, tcfg, shuffle=False, seed=0, drop_last=drop_last))
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
@@ -324,8 +335,8 @@ class Loop:
 
     def run_epoch(self, bar: Any) -> None:
         s, cfg, state = self.s, self.cfg, self.state
-        order = batch_order(len(s.train_examples), cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
-                            drop_last=s.drop_last)
+        order = step_order(s.train_examples, cfg, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
+                           drop_last=s.drop_last)
         while state.batch_in_epoch < len(order) and state.step < s.total_steps:
             loss = self.step([s.train_examples[i] for i in order[state.batch_in_epoch]])
             bar.update(1)
