@@ -55,3 +55,23 @@ def test_rows_are_on_disk_as_soon_as_measured(tmp_path):
     text = out.read_text()
     assert "| random:gpt2-tiny | train_reference |" in text and "non-padding tokens/s" in text
     assert "train_fast" not in text  # stopped before the second measurement
+
+
+def test_time_limit_stops_the_model_and_keeps_what_was_measured(monkeypatch):
+    import heed.commands.bench as bench
+
+    measured = []
+
+    def child(kind, mode, cfg, features, timeout=None):
+        assert timeout is not None and timeout <= 300
+        if len(measured) == 1:
+            raise bench.OutOfTime(mode)
+        return {"tokens_per_s": 10.0, "batch": 8, "peak_bytes": 2**30, "precision": "fp32"}
+
+    monkeypatch.setattr(bench, "_child", child)
+    monkeypatch.setattr(bench, "matmul_peak", lambda device: 1.0)
+    results = bench.run(BenchConfig(model="m", device="cpu", time_limit=300), log=lambda m: None,
+                        on_result=lambda key, r: measured.append(key))
+    assert measured == ["train_reference"] and results["incomplete"] == "train_fast"
+    assert "train_reference" in results and "train_fast" not in results
+    assert "incomplete (stopped at train_fast" in bench.table(results)

@@ -54,8 +54,9 @@ class BenchConfig:
     tokens_per_step: int | None = opt(None, "the larger-budget measurement forms its steps by this many tokens "
                                       "(heed train --tokens-per-step) instead of --budget-scale batches",
                                       check=at_least(1), metavar="N")
-    time_limit: int = opt(300, "seconds per model: a measurement still running then is stopped, the rest skipped "
-                          "(rows measured so far are kept)", check=at_least(1), metavar="S")
+    time_limit: int | None = opt(None, "seconds per model: a measurement still running then is stopped, the rest "
+                                 "skipped (rows measured so far are kept); default none (scripts/gpu-check.sh: 300)",
+                                 check=at_least(1), metavar="S", off=0)
     peer: bool = opt(True, "no peer row (the same model, data and batch through transformers.Trainer)",
                      flag="--no-peer")
     ablation: bool = opt(False, "also measure the fast path with each piece taken out")
@@ -384,11 +385,12 @@ def run(cfg: BenchConfig, log: Any = print, on_result: Any = None) -> dict[str, 
 
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
-    deadline = time.monotonic() + cfg.time_limit
+    deadline = time.monotonic() + (cfg.time_limit or float("inf"))
     for key, kind, mode, features in plan(cfg, device):
         log(f"measuring {key} on {cfg.model} ...")
         try:
-            result = _child(kind, mode, cfg, features, timeout=max(1.0, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            result = _child(kind, mode, cfg, features, timeout=None if left == float("inf") else max(1.0, left))
         except OutOfTime:
             results["incomplete"] = key
             log(f"{cfg.model}: the {cfg.time_limit} s limit reached during {key}; the rest skipped")
