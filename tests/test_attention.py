@@ -110,3 +110,52 @@ def test_fast_models_use_it_and_the_saved_config_does_not(tmp_path):
     load_model("random:gpt2-tiny").save_pretrained(tmp_path)
     assert NAME not in (tmp_path / "config.json").read_text()
     assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_cudnn_attention_only_for_static_shapes_on_cuda():
+    """cuDNN builds a plan per new shape (~430 µs of CPU each on an H100): excluded for dynamic shapes on
+    CUDA, kept for static ones; the CPU is never restricted."""
+    from torch.nn.attention import SDPBackend
+
+    from heed.model.attention import attention_backends, sdpa_backends
+
+    dynamic = sdpa_backends("cuda", static=False)
+    assert SDPBackend.CUDNN_ATTENTION not in dynamic
+    assert {SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH} <= set(dynamic)
+    assert sdpa_backends("cuda", static=True) is None
+    assert sdpa_backends("cpu", static=False) is None and sdpa_backends("cpu", static=True) is None
+    q = torch.randn(1, 2, 5, 8)
+    with attention_backends(torch.device("cpu"), static=False):  # a no-op on the CPU: every kernel allowed
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+def test_train_step_and_decoding_ask_for_the_backends_their_shapes_need(monkeypatch, tokenizer):
+    """The training step asks with its static flag; generation's prefill as dynamic, a static cache's steps
+    as static."""
+    import heed.generate.responses as responses
+    import heed.train.loop as loop
+    from heed.config import GenerateConfig
+    from heed.model import load_model
+
+    asked = []
+
+    def spy(device, static):
+        asked.append(static)
+        import contextlib
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(responses, "attention_backends", spy)
+    model = load_model("random:gpt2-tiny", seed=3)
+    responses.generate_ids(model, [[1, 2, 3]], pad_id=0, eos=-1, cfg=GenerateConfig(max_new_tokens=2, cache="static"))
+    responses.generate_ids(model, [[1, 2, 3]], pad_id=0, eos=-1, cfg=GenerateConfig(max_new_tokens=2, cache="dynamic"))
+    assert asked == [False, True, False, False]
+    monkeypatch.setattr(loop, "attention_backends", spy)
+    asked.clear()
+    from heed.data.encode import build_example
+
+    examples = [build_example(0, [1, 2, 3], [4, 5]), build_example(1, [6], [7, 8, 9])]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for static in (False, True):
+        loop.train_step(model, opt, None, examples, grad_accum=2, pad_id=0, clip=None, precision="fp32",
+                        device=torch.device("cpu"), static=static)
+    assert asked == [False, False, True, True]  # one question per micro-batch

@@ -78,7 +78,7 @@ def test_compiled_step_decodes_like_the_dynamic_cache(arch, tokenizer):
 def test_unknown_cache_is_a_one_line_error():
     from heed.errors import HeedError
 
-    with pytest.raises(HeedError, match="--cache paged: choose dynamic, static or compiled"):
+    with pytest.raises(HeedError, match="--cache paged: choose auto, dynamic, static or compiled"):
         make_decoder(load_model("random:gpt2-tiny"), GenerateConfig(cache="paged"))
 
 
@@ -126,3 +126,105 @@ def test_compiled_step_under_bf16_autocast_matches_eager_logits(arch, tokenizer)
                 logits[name] = decoder.step(token, step_pos).float()
     assert torch.allclose(logits["compiled"], logits["eager"], atol=0.008, rtol=0)  # 2 bf16 ulps at |logit| < 1
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+# --- decoding without a host round trip per token ------------------------------------------------
+
+
+@torch.no_grad()
+def _per_token_loop(model, prompts, *, pad_id, eos, cfg, generator=None):
+    """generate_ids as it was before the bookkeeping moved to the device: asks the host every token."""
+    from heed.generate.responses import _next_token
+
+    model.eval()
+    decoder = make_decoder(model, cfg)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(list(p))
+        mask[row, width - len(p):] = 1
+    prompt_positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = prompt_positions[:, -1:]
+    finished = torch.zeros(len(prompts), dtype=torch.bool)
+    out = [[] for _ in prompts]
+    with decoder.running():
+        logits = decoder.prefill(ids, mask, prompt_positions, cfg.max_new_tokens)
+        for i in range(cfg.max_new_tokens):
+            token = _next_token(logits.float(), cfg, generator)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            for row in (~finished & (token != eos)).nonzero().flatten().tolist():
+                out[row].append(int(token[row]))
+            finished |= token == eos
+            if bool(finished.all()) or i == cfg.max_new_tokens - 1:
+                break
+            positions = positions + 1
+            logits = decoder.step(token[:, None], positions)
+    return out
+
+
+@pytest.mark.parametrize("arch,cache,temperature,check_every", [
+    ("gpt2", "dynamic", 0.0, 5), ("gpt2", "static", 1.5, 5), ("gemma3", "dynamic", 1.5, 5),
+    ("gemma3", "static", 0.0, 5), ("gemma3", "static", 1.5, 1)])
+def test_device_bookkeeping_decodes_like_the_per_token_loop(arch, cache, temperature, check_every, tokenizer):
+    """Same tokens as the loop that synced every token, greedy and seeded sampling, each row stopping at its
+    own EOS; checking "all finished" only every 5 steps runs extra steps, which must leave the sampling
+    generator exactly where the per-token loop leaves it (the next batch draws the same numbers)."""
+    model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
+    ps = _prompts(tokenizer)
+    cfg = GenerateConfig(max_new_tokens=18, cache=cache, temperature=temperature, top_k=50)
+    free = _per_token_loop(model, ps, pad_id=50256, eos=-1, cfg=cfg, generator=torch.Generator().manual_seed(5))
+    eos = free[1][3]  # a token row 1 makes early: rows stop at different steps (or never)
+    old_rng, new_rng = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    expected = _per_token_loop(model, ps, pad_id=50256, eos=eos, cfg=cfg, generator=old_rng)
+    got = generate_ids(model, ps, pad_id=50256, eos=eos, cfg=cfg, generator=new_rng, check_every=check_every)
+    assert got == expected
+    assert any(len(r) < 18 for r in got) and eos not in sum(got, [])
+    assert torch.equal(torch.rand(4, generator=new_rng), torch.rand(4, generator=old_rng))
+
+
+def test_one_generate_call_syncs_a_constant_number_of_times():
+    """Counting the calls that make the host wait for the device (tolist, item, bool, nonzero) in heed's
+    decoding loop, with a stand-in decoder: the per-token loop made 2 per token, now 1 per check_every."""
+    from torch.overrides import TorchFunctionMode
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    class Decoder:
+        def running(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def prefill(self, ids, mask, positions, n):
+            return torch.arange(10.0).expand(len(ids), 10)
+
+        def step(self, token, positions):
+            return torch.arange(10.0).expand(len(token), 10)
+
+    class CountSyncs(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("tolist", "item", "__bool__", "nonzero", "__int__"):
+                CountSyncs.count += 1
+            return func(*args, **(kwargs or {}))
+
+    cfg = GenerateConfig(max_new_tokens=64)
+    with CountSyncs():
+        out = generate_ids(Stub(), [[1, 2], [3]], pad_id=0, eos=-1, cfg=cfg, decoder=Decoder(), check_every=16)
+    assert out == [[9] * 64, [9] * 64]
+    assert CountSyncs.count <= 64 // 16 + 1  # 3 checks + the final copy; the per-token loop made 126
+
+
+def test_auto_cache_is_dynamic_on_cpu_and_compiled_on_cuda():
+    from heed.generate.decode import DynamicDecoder
+    from heed.generate.responses import resolve_cache
+
+    assert resolve_cache("auto", torch.device("cpu")) == "dynamic"
+    assert resolve_cache("auto", torch.device("cuda", 0)) == "compiled"
+    assert resolve_cache("static", torch.device("cuda", 0)) == "static"
+    assert GenerateConfig().cache == "auto"
+    assert isinstance(make_decoder(load_model("random:gpt2-tiny"), GenerateConfig()), DynamicDecoder)

@@ -68,3 +68,35 @@ def test_gradient_accumulates_across_calls_like_autograd():
         linear_cross_entropy(hidden, fused, targets).backward()
         reference(hidden, plain, targets).backward()
     assert torch.allclose(fused.grad, plain.grad, atol=1e-5)
+
+
+def test_torch_head_equals_heeds_head_loss_and_gradients():
+    """torch.nn.functional.linear_cross_entropy (FastPath head "torch") against heed's own head, directly
+    and through loss_sum on a tiny GPT-2 (tied embedding: heed's path hands the head's gradient to the
+    lookup, torch's leaves it to autograd; the summed gradients must agree)."""
+    from heed.config import FastPath
+    from heed.data.batch import collate
+    from heed.data.encode import build_example
+    from heed.model import load_model
+    from heed.train.loss import loss_sum, resolve_head, torch_linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(40, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (40,))
+    want = grads(linear_cross_entropy, hidden, weight, targets)
+    got = grads(lambda h, w, t: torch_linear_cross_entropy(h, w, t, "fp32"), hidden, weight, targets)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    batch = collate([build_example(0, [5, 6, 7], [8, 9, 10]), build_example(1, [11], [12, 13, 14, 15])], 0)
+    results = []
+    for head in ("supervised", "torch"):
+        model = load_model("random:gpt2-tiny", seed=3)
+        loss = loss_sum(model, batch, "fp32", torch.device("cpu"), FastPath(head=head))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    for name, g in results[0][1].items():
+        assert torch.allclose(g, results[1][1][name], rtol=1e-4, atol=1e-6), name
+    assert resolve_head("auto", torch.device("cpu")) == "supervised"
+    assert resolve_head("auto", torch.device("cuda")) == "torch"

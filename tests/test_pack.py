@@ -98,3 +98,66 @@ def test_packed_losses_equal_padded_on_a_tiny_gemma3(tokenizer):
         padded = loss_sum(model, collate(examples, 50256), "fp32", cpu)
         packed = loss_sum(model, collate_packed(pack_rows(examples, 200), 50256), "fp32", cpu)
     assert torch.allclose(padded, packed, rtol=1e-5)
+
+
+def _tiny_gemma3_sliding():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=50256)
+    return Gemma3ForCausalLM(config)
+
+
+def test_packed_rows_through_flex_attention_equal_padded_loss_and_gradients(tokenizer, monkeypatch):
+    """FlexAttention with the per-example block mask (causal within each example; Gemma 3's 16-token
+    sliding window on its first layer, GQA with one key head): the loss and every gradient equal padded
+    attention's. torch 2.13 has no FlexAttention backward on a CPU, so with gradients the block mask's
+    own mask function is expanded densely (the mask logic is what is checked); without gradients the
+    FlexAttention kernel itself runs and must give the same loss."""
+    import heed.model.attention as attention
+    from heed.config import FastPath
+    from heed.train.loss import loss_sum
+
+    calls = []
+    real = attention.packed_flex_attention
+    monkeypatch.setattr(attention, "packed_flex_attention",
+                        lambda *a, **k: (calls.append(type(a[4]).__name__), real(*a, **k))[1])
+    recs = [Record(i, r["instruction"], r["input"], r["output"], r) for i, r in enumerate(RECORDS)]
+    examples, _ = encode_records(recs, TEMPLATES["alpaca"], tokenizer, max_length=1024)
+    assert max(len(e.input_ids) for e in examples) > 16  # the sliding window is exceeded
+    cpu = torch.device("cpu")
+    for make in (lambda: load_model("random:gpt2-tiny", seed=3), _tiny_gemma3_sliding):
+        results = []
+        for batch, fast in ((collate(examples, 50256), FastPath()),
+                            (collate_packed(pack_rows(examples, 256), 50256), FastPath(packed_attn="flex"))):
+            model = make()
+            loss = loss_sum(model, batch, "fp32", cpu, fast)
+            with torch.no_grad():
+                assert torch.allclose(loss_sum(model, batch, "fp32", cpu, fast), loss, rtol=1e-5)
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+            assert model.config._attn_implementation != attention.FLEX  # switched back after the forward
+        (padded, padded_grads), (packed, packed_grads) = results
+        assert torch.allclose(padded, packed, rtol=1e-5)
+        assert padded_grads.keys() == packed_grads.keys()
+        for name in padded_grads:
+            assert torch.allclose(padded_grads[name], packed_grads[name], atol=1e-5, rtol=1e-4), name
+    assert calls and set(calls) == {"BlockMask"}
+
+
+def test_flex_attention_only_where_it_computes_the_same():
+    """Attention dropout while training or soft-capped scores: the dense-mask path stays."""
+    from heed.model.attention import flex_fits, use_packed_attention
+
+    model = load_model("random:gpt2-tiny", seed=3)
+    assert flex_fits(model.train())
+    model.config.attn_pdrop = 0.1
+    assert not flex_fits(model.train()) and flex_fits(model.eval())
+    gemma = _tiny_gemma3_sliding()
+    gemma.config.attn_logit_softcapping = 50.0
+    assert not flex_fits(gemma)
+    assert use_packed_attention("auto", torch.device("cuda")) and not use_packed_attention("auto", torch.device("cpu"))
+    assert use_packed_attention("flex", torch.device("cpu")) and not use_packed_attention("mask", torch.device("cuda"))

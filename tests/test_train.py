@@ -224,3 +224,28 @@ def test_chunked_head_loss_and_gradients_equal_full_logits(tokenizer, monkeypatc
     full.backward()
     assert torch.allclose(chunked, full, rtol=1e-5)
     assert torch.allclose(grad_chunked, model.transformer.wte.weight.grad, atol=1e-6)
+
+
+def test_tokens_per_step_forms_steps_by_a_token_budget(data_file, tmp_path, monkeypatch):
+    """--tokens-per-step: each step's examples fill at most N input tokens (one longer example alone),
+    every training example is seen once an epoch, the step count follows, and each step's loss is still
+    normalised by that step's supervised tokens (train_step's rule, given the step's examples)."""
+    import heed.train.loop as loop
+    from heed.data.batch import token_budget_order
+
+    steps = []
+    real = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda model, opt, sched, exs, **kw: (steps.append(list(exs)),
+                                                                                   real(model, opt, sched, exs, **kw))[1])
+    budget = 120
+    result = train(run_config(data_file, tmp_path / "run", epochs=1, tokens_per_step=budget, batch_size=1), log=quiet)
+    sizes = [sum(len(e.input_ids) - 1 for e in step) for step in steps]
+    assert all(size <= budget or len(step) == 1 for size, step in zip(sizes, steps))
+    assert any(len(step) > 1 for step in steps)  # not one example a step (--batch-size 1 is ignored)
+    seen = sorted(e.index for step in steps for e in step)
+    assert len(seen) == len(set(seen)) and result.steps == len(steps)
+    lengths = [5, 4, 3, 9, 2]
+    assert token_budget_order(lengths, 9, shuffle=False, seed=0) == [[0, 1], [2], [3], [4]]
+    shuffled = token_budget_order(lengths, 9, shuffle=True, seed=1)
+    assert sorted(sum(shuffled, [])) == [0, 1, 2, 3, 4]
+    assert sum(shuffled, []) == loop.batch_order(5, 5, shuffle=True, seed=1)[0]  # the same visiting order

@@ -106,6 +106,10 @@ class TrainConfig:
     batch_size: int = opt(8, "examples per optimizer step (split into --grad-accum micro-batches)",
                           check=at_least(1))
     grad_accum: int = opt(1, "micro-batches per step", check=at_least(1))
+    tokens_per_step: int | None = opt(None, "form each optimizer step from examples filling at most N tokens "
+                                      "instead of --batch-size examples (for a GPU: e.g. 8192 with --pack); "
+                                      "the loss stays the mean over the step's supervised tokens",
+                                      check=at_least(1), metavar="N")
     pack: bool = opt(False, "pack each micro-batch into padding-free rows of at most --pack-length tokens "
                      "(attention never crosses examples; same loss and gradients as padding)")
     pack_length: int = opt(256, "longest packed row (capped at --max-length; on CPU longer rows cost more "
@@ -161,9 +165,9 @@ class GenerateConfig:
     seed: int = opt(123, "seed for sampling")
     precision: str = opt("fp32", "fp32, or bf16 autocast (faster on CUDA and AMX CPUs; tokens may differ "
                          "slightly), or auto", choices=PRECISIONS)
-    cache: str = opt("dynamic", "KV cache: dynamic, static (preallocated), or compiled (static, the decoding "
-                     "step compiled with torch.compile; CUDA graphs on CUDA; the first batch pays the compile)",
-                     choices=("dynamic", "static", "compiled"))
+    cache: str = opt("auto", "KV cache: auto (compiled on CUDA, dynamic on CPU), dynamic, static (preallocated), "
+                     "or compiled (static, the decoding step compiled with torch.compile; CUDA graphs on CUDA; the "
+                     "first batch pays the compile)", choices=("auto", "dynamic", "static", "compiled"))
 
     def validate(self) -> list[str]:
         return check_fields(self)
@@ -197,16 +201,22 @@ class FastPath:
     """heed's speed features, each switchable: ``heed train`` uses the defaults; ``heed bench`` turns
     them off one at a time (and all of them for the original design's reference loop)."""
 
-    head: str = "supervised"  # supervised: logits only where a target is trained on (heed.train.loss); full
+    # supervised: logits only where a target is trained on, heed's fused head (heed.train.loss); torch:
+    # the same positions through torch.nn.functional.linear_cross_entropy; full: every position's logits;
+    # auto: supervised on a CPU, torch on CUDA (heed.train.loss.resolve_head says why)
+    head: str = "auto"
     tied_lookup: bool = True  # the tied embedding's lookup gradient added into the head's
     fused_adamw: bool = True  # AdamW's fused kernel where torch has one
     fold_clip: bool = True  # gradient clipping folded into the fused AdamW kernel
     fused_act: bool = True  # GPT-2's GELU as PyTorch's fused kernel
     short_attn: bool = True  # short rows' attention written out on the CPU (heed.model.attention)
+    # packed rows' attention: flex (FlexAttention with a per-example block mask, heed.model.attention),
+    # mask (SDPA over the whole row with a dense block-diagonal mask), auto (flex on CUDA, mask on a CPU)
+    packed_attn: str = "auto"
 
     @classmethod
     def none(cls) -> "FastPath":
-        return cls("full", False, False, False, False, False)
+        return cls("full", False, False, False, False, False, packed_attn="mask")
 
 
 @dataclass

@@ -51,6 +51,14 @@ class BenchConfig:
     pack_length: int = opt(256, "rows of the packed measurements (heed train --pack-length)", check=at_least(2))
     budget_scale: int = opt(4, "the larger-budget measurement packs this many batches into one step",
                             check=at_least(1))
+    tokens_per_step: int | None = opt(None, "the larger-budget measurement forms its steps by this many tokens "
+                                      "(heed train --tokens-per-step) instead of --budget-scale batches",
+                                      check=at_least(1), metavar="N")
+    time_limit: int | None = opt(None, "seconds per model: a measurement still running then is stopped, the rest "
+                                 "skipped (rows measured so far are kept); default none (scripts/gpu-check.sh: 300)",
+                                 check=at_least(1), metavar="S", off=0)
+    peer: bool = opt(True, "no peer row (the same model, data and batch through transformers.Trainer)",
+                     flag="--no-peer")
     ablation: bool = opt(False, "also measure the fast path with each piece taken out")
     compile: bool = opt(False, "also measure compiled training with static shapes (always measured on CUDA)")
 
@@ -82,6 +90,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _peak_bytes(device: torch.device) -> int:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated()
     with open("/proc/self/status") as f:  # high-water mark of resident memory
@@ -92,13 +102,13 @@ def _peak_bytes(device: torch.device) -> int:
 
 
 # What each training measurement switches on. "allocator" is applied by the parent process (environment).
-FAST = {"precision": "auto", "head": "supervised", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
+FAST = {"precision": "auto", "head": "auto", "optimizer": "fused", "clip": 1.0, "fold_clip": True,
         "allocator": "mimalloc", "fused_act": True, "short_attn": True, "tied_lookup": True, "tf32": True,
-        "pack": False, "budget": False, "compile": False}
+        "pack": False, "budget": False, "compile": False, "packed_attn": "auto"}
 TRAIN_MODES: dict[str, dict[str, Any]] = {
     "reference": {"precision": "fp32", "head": "full", "optimizer": "default", "clip": None, "fold_clip": False,
                   "allocator": "system", "fused_act": False, "short_attn": False, "tied_lookup": False,
-                  "tf32": False, "pack": False, "budget": False, "compile": False},
+                  "tf32": False, "pack": False, "budget": False, "compile": False, "packed_attn": "mask"},
     "fast": FAST,
     "packed": FAST | {"pack": True},
     "budget": FAST | {"pack": True, "budget": True},  # BenchConfig.budget_scale batches a step
@@ -119,14 +129,20 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "fast, SDPA's kernel for short rows": FAST | {"short_attn": False},
     "fast, tied embedding's gradient as autograd's": FAST | {"tied_lookup": False},
 }
-CUDA_ABLATIONS = {"fast, IEEE fp32 where autocast leaves fp32 (no TF32)": FAST | {"tf32": False}}
+CUDA_ABLATIONS = {
+    "fast, IEEE fp32 where autocast leaves fp32 (no TF32)": FAST | {"tf32": False},
+    "fast, heed's head instead of torch's linear_cross_entropy": FAST | {"head": "supervised"},
+    "fast + packing, packed rows through a dense mask instead of FlexAttention": FAST | {"pack": True,
+                                                                                         "packed_attn": "mask"},
+}
 
 
 def fast_path(features: dict[str, Any]) -> FastPath:
     """The library's feature set for one measurement's switches."""
     return FastPath(head=features["head"], tied_lookup=features["tied_lookup"],
                     fused_adamw=features["optimizer"] == "fused", fold_clip=features["fold_clip"],
-                    fused_act=features["fused_act"], short_attn=features["short_attn"])
+                    fused_act=features["fused_act"], short_attn=features["short_attn"],
+                    packed_attn=features.get("packed_attn", "auto"))
 
 
 def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
@@ -151,9 +167,8 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
     precision = resolve_precision(features["precision"], device)
     optimizer = make_optimizer(list(model.parameters()), 1e-5, 0.1, fused=fast.fused_adamw)
     pad = tokenizer.pad_token_id
-    size = cfg.batch_size * (cfg.budget_scale if features["budget"] else 1)
-    groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
-    groups = [groups[step % len(groups)] for step in range(cfg.steps + 2)]  # 2 warmup steps, then the timed ones
+    groups = _groups(cfg, examples, features["budget"])
+    size = max(len(g) for g in groups)
     capacity = cfg.pack_length if features["pack"] else None
     static = features["compile"]
     batches = [make_batch(g, pad, pack_capacity=capacity, static=static) for g in groups]  # for the counts
@@ -194,6 +209,66 @@ def measure_train(cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
             "achieved_flops": flops_per_token * tokens / seconds, "peak_bytes": _peak_bytes(device),
             "params": n_params, "mean_len": mean_len, "allocator": "mimalloc" if allocator.loaded() else "system",
             "warmup_s": warmup_seconds, "warmup_steps": len(warmup)}
+
+
+def _groups(cfg: BenchConfig, examples: list[Any], budget: bool) -> list[list[Any]]:
+    """The examples of each step: 2 warmup steps, then the timed ones; ``budget``: the larger steps
+    (``cfg.tokens_per_step`` tokens, else ``cfg.budget_scale`` batches)."""
+    from heed.data.batch import token_budget_order
+
+    if budget and cfg.tokens_per_step:
+        order = token_budget_order([len(e.input_ids) - 1 for e in examples], cfg.tokens_per_step, shuffle=False, seed=0)
+        groups = [[examples[i] for i in step] for step in order[:-1] or order]  # the last, partial step left out
+    else:
+        size = cfg.batch_size * (cfg.budget_scale if budget else 1)
+        groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
+    return [groups[step % len(groups)] for step in range(cfg.steps + 2)]
+
+
+def measure_trainer(cfg: BenchConfig) -> dict[str, Any]:
+    """The peer row: the same model, examples and batch size through ``transformers.Trainer`` as people use
+    it (bf16 where the hardware has it, fused AdamW, ``DataCollatorForSeq2Seq`` padding each batch);
+    non-padding tokens/s over the steps after 2 warmup steps."""
+    import tempfile
+
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from heed.model import load_model, load_tokenizer
+    from heed.runtime.device import choose_device, resolve_precision
+
+    device = choose_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model)
+    groups = _groups(cfg, _examples(cfg, tokenizer), budget=False)
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for g in groups for e in g]
+    model = load_model(cfg.model).to(device).train()
+    precision = resolve_precision("auto", device)
+    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    counts: list[int] = []  # non-padding input tokens of each batch, as heed counts them (shifted: one fewer)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad(features)
+        counts.append(int(batch["attention_mask"].sum()) - len(features))
+        return batch
+
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _sync(device)
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.steps + 2,
+                                 learning_rate=1e-5, weight_decay=0.1, optim="adamw_torch_fused",
+                                 bf16=precision == "bf16", use_cpu=device.type == "cpu", report_to=[],
+                                 save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                                 dataloader_num_workers=0, seed=0)
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()]).train()
+    seconds = marks[-1] - marks[1]
+    tokens = sum(counts[2:2 + cfg.steps])
+    return {"precision": precision, "batch": cfg.batch_size, "tokens_per_s": tokens / seconds, "steps": len(marks) - 2,
+            "peak_bytes": _peak_bytes(device)}
 
 
 def _reference_generate(model: Any, prompt: list[int], new_tokens: int, device: "torch.device") -> int:
@@ -269,38 +344,80 @@ def matmul_peak(device: torch.device) -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - started)
 
 
-def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any]) -> dict[str, Any]:
+class OutOfTime(Exception):
+    """A measurement ran past the model's time limit (``BenchConfig.time_limit``)."""
+
+
+def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run one measurement in a fresh process, so its allocator and peak memory are its own."""
     from heed.runtime import allocator
 
     args = [sys.executable, "-m", "heed.commands.bench", kind, mode, json.dumps(cfg.__dict__), json.dumps(features)]
     env = allocator.environment(os.environ, fast=features["allocator"] == "mimalloc") | {"TQDM_DISABLE": "1"}
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise OutOfTime(f"{kind} {mode}") from None
     if proc.returncode != 0:
         raise RuntimeError(f"bench {kind} {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
+def plan(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Every measurement of one model, in the order run: (result key, kind, mode, features)."""
+    modes = TRAIN_MODES | (COMPILED_MODES if cfg.compile or device.type == "cuda" else {})
+    steps = [(f"train_{mode}", "train", mode, features) for mode, features in modes.items()]
+    if cfg.peer:
+        steps.append(("train_trainer", "trainer", "trainer", TRAIN_MODES["fast"]))
+    steps += [(f"generate_{name}", "generate", mode, TRAIN_MODES["reference" if name == "reference" else "fast"])
+              for name, mode in GENERATE_MODES.items()]
+    if cfg.ablation:
+        steps += [(f"ablation/{name}", "train", name, features)
+                  for name, features in (ABLATIONS | (CUDA_ABLATIONS if device.type == "cuda" else {})).items()]
+    return steps
+
+
+def run(cfg: BenchConfig, log: Any = print, on_result: Any = None) -> dict[str, Any]:
+    """Every measurement of ``plan``, each in its own process, within ``cfg.time_limit`` seconds; each result
+    goes to ``on_result(key, result)`` as soon as it is measured. A measurement still running at the limit
+    is stopped and the rest skipped (``results["incomplete"]`` names them)."""
     from heed.runtime.device import choose_device
 
     device = choose_device(cfg.device)
     results: dict[str, Any] = {"config": cfg.__dict__, "device": describe_device(device)}
-    modes = TRAIN_MODES | (COMPILED_MODES if cfg.compile or device.type == "cuda" else {})
-    for mode, features in modes.items():
-        log(f"measuring train ({mode}) on {cfg.model} ...")
-        results[f"train_{mode}"] = _child("train", mode, cfg, features)
-    for name, mode in GENERATE_MODES.items():
-        log(f"measuring generate ({name}) on {cfg.model} ...")
-        results[f"generate_{name}"] = _child("generate", mode, cfg, TRAIN_MODES["reference" if name == "reference"
-                                                                                else "fast"])
-    if cfg.ablation:
-        results["ablation"] = {}
-        for name, features in (ABLATIONS | (CUDA_ABLATIONS if device.type == "cuda" else {})).items():
-            log(f"measuring train ({name}) on {cfg.model} ...")
-            results["ablation"][name] = _child("train", name, cfg, features)
+    deadline = time.monotonic() + (cfg.time_limit or float("inf"))
+    for key, kind, mode, features in plan(cfg, device):
+        log(f"measuring {key} on {cfg.model} ...")
+        try:
+            left = deadline - time.monotonic()
+            result = _child(kind, mode, cfg, features, timeout=None if left == float("inf") else max(1.0, left))
+        except OutOfTime:
+            results["incomplete"] = key
+            log(f"{cfg.model}: the {cfg.time_limit} s limit reached during {key}; the rest skipped")
+            break
+        if key.startswith("ablation/"):
+            results.setdefault("ablation", {})[key.split("/", 1)[1]] = result
+        else:
+            results[key] = result
+        if on_result:
+            on_result(key, result)
     results["peak_flops"] = matmul_peak(device)
     return results
+
+
+def result_row(model: str, key: str, r: dict[str, Any]) -> str:
+    """One measurement as a Markdown table row, written as soon as it is measured."""
+    if key.startswith("generate_"):
+        figures = [f"batch 1: {r['batch1_tokens_per_s']:,.1f} tokens/s"]
+        if "batched_tokens_per_s" in r:
+            figures.append(f"batched: {r['batched_tokens_per_s']:,.1f} tokens/s")
+        figures.append(f"first call {r['batch1_first_call_s']:.1f} s")
+    else:
+        figures = [f"{r['tokens_per_s']:,.0f} non-padding tokens/s", f"batch {r['batch']}",
+                   f"peak {r['peak_bytes'] / 2**30:.2f} GiB", r["precision"]]
+        if r.get("warmup_steps"):
+            figures.append(f"warmup {r['warmup_s']:.0f} s over {r['warmup_steps']} steps")
+    return f"| {model} | {key} | {'; '.join(figures)} |"
 
 
 def describe_device(device: torch.device) -> str:
@@ -320,8 +437,13 @@ def describe_device(device: torch.device) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The Markdown table of one model's results (and its ablation table when measured)."""
+    """The Markdown table of one model's results (and its ablation table when measured); a model whose
+    measurements did not all finish gets a line saying so (its rows are already written)."""
     cfg = results["config"]
+    needed = ("train_reference", "train_fast", "train_packed", "train_budget", "generate_reference", "generate_fast")
+    if any(k not in results for k in needed):
+        return (f"**{cfg['model']}**: incomplete (stopped at {results.get('incomplete', '?')} after "
+                f"{cfg['time_limit']} s); the rows measured are listed above.")
     tr, tf = results["train_reference"], results["train_fast"]
     gr, gf = results["generate_reference"], results["generate_fast"]
     peak = results["peak_flops"]
@@ -350,6 +472,10 @@ def table(results: dict[str, Any]) -> str:
              row(f"train, fast path + packing, {budget['batch']} examples a step: non-padding tokens/s",
                  tr["tokens_per_s"], budget["tokens_per_s"], ",.0f"),
              *compiled_rows,
+             *([row(f"train, transformers.Trainer at batch {cfg['batch_size']} ({results['train_trainer']['precision']}, "
+                    "fused AdamW, padding collator) vs heed's fast path: non-padding tokens/s",
+                    results["train_trainer"]["tokens_per_s"], tf["tokens_per_s"], ",.0f")]
+               if "train_trainer" in results else []),
              row(f"train: MFU % (vs {peak_name})", tr["achieved_flops"] / peak * 100,
                  tf["achieved_flops"] / peak * 100, ".1f"),
              row("train: peak memory (GiB)", tr["peak_bytes"] / 2**30, tf["peak_bytes"] / 2**30, ".2f"),
@@ -379,7 +505,10 @@ def main_child(argv: list[str]) -> None:
     kind, mode, raw, features = argv
     cfg = BenchConfig(**json.loads(raw))
     torch.manual_seed(0)
-    result = measure_train(cfg, json.loads(features)) if kind == "train" else measure_generate(cfg, mode)
+    if kind == "trainer":
+        result = measure_trainer(cfg)
+    else:
+        result = measure_train(cfg, json.loads(features)) if kind == "train" else measure_generate(cfg, mode)
     print(json.dumps(result))
 
 
@@ -396,22 +525,40 @@ def cmd_bench(args: Any) -> int:
     from heed.commands.options import configure
     from heed.io import write_text
 
+    stamp = datetime.date.today().isoformat()
     sections = []
+    rows_started = False
     for model in args.model or ["random:gpt2"]:
         cfg = configure(BenchConfig, args, BenchConfig(model=model))
         validate(cfg)
-        results = run(cfg, log=lambda m: print(m, file=sys.stderr))
+
+        def flush(key: str, result: dict[str, Any], model: str = model) -> None:
+            """Each row reaches --out as soon as it is measured: a run stopped later keeps it."""
+            nonlocal rows_started
+            line = result_row(model, key, result)
+            print(line, flush=True)
+            if args.out:
+                old = _read(args.out)
+                if not rows_started:
+                    old = (old.rstrip() + f"\n\n## {stamp}: `heed bench` rows as measured (torch {torch.__version__})"
+                           "\n\n| model | measurement | result |\n| --- | --- | --- |")
+                    rows_started = True
+                write_text(args.out, old.rstrip() + "\n" + line + "\n")
+
+        results = run(cfg, log=lambda m: print(m, file=sys.stderr), on_result=flush)
         sections.append(table(results))
         print(sections[-1] + "\n")
     if args.out:
-        stamp = datetime.date.today().isoformat()
         head = (f"## {stamp}: `heed bench` on {results['device']}, torch {torch.__version__}\n\n"
                 f"Data: {cfg.data or 'built-in tasks'}; {cfg.steps} timed steps after 2 warmup steps; "
                 f"generation of {cfg.gen_tokens} new tokens for {cfg.gen_prompts} prompts.\n\n")
-        old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else "# Benchmarks\n\n"
-        write_text(args.out, old.rstrip() + "\n\n" + head + "\n\n".join(sections) + "\n")
+        write_text(args.out, _read(args.out).rstrip() + "\n\n" + head + "\n\n".join(sections) + "\n")
         print(f"appended to {args.out}")
     return 0
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8") if Path(path).is_file() else "# Benchmarks\n\n"
 
 
 def register(sub: Any) -> None:

@@ -29,8 +29,9 @@ def epoch_sample(log: Log, max_new_tokens: int = 35) -> Callable[[Setup, int], N
         if not distributed.world().main:
             return
         first = (s.split.val or s.split.train)[0]
+        # one prompt mid-training: a compiled step would compile again every epoch for a few tokens
         response = generate_responses(s.model, s.tokenizer, s.template, [first],
-                                      GenerateConfig(max_new_tokens=max_new_tokens))[0]
+                                      GenerateConfig(max_new_tokens=max_new_tokens, cache="dynamic"))[0]
         log(f"sample after epoch {epoch}: {response!r}")
 
     return sample

@@ -59,15 +59,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
                else [Record(0, args.instruction, args.input or "", None, {})])
     with_system(records, saved_system(args.model))
     model, tokenizer, template = load_for_generation(args)
+    stats: dict[str, float] = {}
     if args.instruction:
-        print(generate_responses(model, tokenizer, template, records, cfg)[0])
+        print(generate_responses(model, tokenizer, template, records, cfg, stats=stats)[0])
+        report_speed(stats, cfg, model)
         return 0
     with progress(len(records), "generate", "record") as bar:
-        responses = generate_responses(model, tokenizer, template, records, cfg, progress=bar.update)
+        responses = generate_responses(model, tokenizer, template, records, cfg, progress=bar.update, stats=stats)
+    report_speed(stats, cfg, model)
     path = Path(args.out) if args.out else responses_path(args.data)
     write_json(path, with_responses(records, responses))
     print(f"wrote {len(records)} responses to {path}")
     return 0
+
+
+def report_speed(stats: dict[str, float], cfg: GenerateConfig, model: Any) -> None:
+    """New tokens per second on stderr (stdout keeps only the answer), compiling included."""
+    from heed.generate.responses import resolve_cache
+
+    cache = resolve_cache(cfg.cache, next(model.parameters()).device)
+    seconds = max(stats.get("seconds", 0.0), 1e-9)
+    print(f"generated {int(stats.get('tokens', 0))} tokens in {seconds:.1f}s: "
+          f"{stats.get('tokens', 0) / seconds:,.1f} tokens/s (cache {cache}, batch {cfg.batch_size})", file=sys.stderr)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

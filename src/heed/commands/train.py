@@ -99,8 +99,8 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its settings are used)")
     add_flags(p, TrainConfig, only=("model", "out", "overwrite"))
     g = p.add_argument_group("optimisation")
-    add_flags(g, TrainConfig, only=("lr", "weight_decay", "batch_size", "grad_accum", "pack", "pack_length",
-                                    "epochs", "max_steps", "clip", "warmup_steps", "schedule", "precision",
+    add_flags(g, TrainConfig, only=("lr", "weight_decay", "batch_size", "grad_accum", "tokens_per_step", "pack",
+                                    "pack_length", "epochs", "max_steps", "clip", "warmup_steps", "schedule", "precision",
                                     "compile", "seed", "shuffle", "device"))
     g = p.add_argument_group("evaluation and early stopping")
     add_flags(g, TrainConfig, only=("eval_every", "eval_batches", "patience", "min_delta", "checkpoint_every",

@@ -88,6 +88,26 @@ def batch_order(n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last:
     return batches
 
 
+def token_budget_order(lengths: Sequence[int], tokens_per_step: int, *, shuffle: bool, seed: int) -> list[list[int]]:
+    """Example indices grouped into steps of at most ``tokens_per_step`` tokens (``lengths``: each example's
+    input tokens), in the order ``batch_order`` would visit them; an example longer than the budget gets
+    a step of its own. The last step keeps what is left.
+
+    >>> token_budget_order([5, 4, 3, 9, 2], 9, shuffle=False, seed=0)
+    [[0, 1], [2], [3], [4]]
+    """
+    order = batch_order(len(lengths), len(lengths) or 1, shuffle=shuffle, seed=seed)[0] if lengths else []
+    steps: list[list[int]] = []
+    used = tokens_per_step
+    for i in order:
+        if used + lengths[i] > tokens_per_step:
+            steps.append([])
+            used = 0
+        steps[-1].append(i)
+        used += lengths[i]
+    return steps
+
+
 def iter_batches(
     examples: Sequence[Example], batch_size: int, pad_id: int, *, shuffle: bool = False, seed: int = 0,
     drop_last: bool = False, pad_to_multiple_of: int | None = None,

@@ -25,6 +25,7 @@ from heed.runtime.compile import cache_length, compiled_step, matmul_weights, on
 class DynamicDecoder:
     """Hugging Face's default cache: grows by concatenation; shapes change every step."""
 
+    static_steps = False  # every step has a new key length
     def __init__(self, model: Any) -> None:
         self.model = model
 
@@ -55,6 +56,8 @@ class StaticDecoder:
     reallocated, so a compiled step (and its CUDA graph) is reused across batches. A compiled decoder
     keeps low-precision copies of the weights: make a new one after the weights change (training).
     """
+
+    static_steps = True  # every step has the cache's shapes
 
     def __init__(self, model: Any, *, compile: bool = False) -> None:
         self.model, self.compile = model, compile

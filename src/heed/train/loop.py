@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 
-from heed.config import FastPath, RunConfig, validate
+from heed.config import FastPath, RunConfig, TrainConfig, validate
 from heed.data import load_split, with_system
-from heed.data.batch import batch_order, iter_batches, make_batch
+from heed.data.batch import batch_order, iter_batches, make_batch, token_budget_order
 from heed.data.encode import EncodeReport, Example, encode_records
 from heed.data.records import Record, Split
 from heed.data.templates import Template, get_template
 from heed.errors import HeedError
 from heed.model import load_model, load_tokenizer, resolve_data
+from heed.model.attention import attention_backends
 from heed.model.lora import adapter_of, add_adapters, merged
 from heed.runtime import allocator, distributed
 from heed.runtime.compile import BUCKET
@@ -139,7 +140,8 @@ def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id
             break
         if i % world.size != world.rank:  # under torchrun each rank evaluates its share of the batches
             continue
-        total += float(loss_sum(model, batch.to(device), precision, device, fast))
+        with attention_backends(device, static):
+            total += float(loss_sum(model, batch.to(device), precision, device, fast))
         tokens += batch.supervised_tokens
     model.train(was_training)
     total, tokens = distributed.all_sum([total, tokens], device)
@@ -160,8 +162,9 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
     takes its shard of ``examples`` and the gradients are those of the whole step over all ranks.
     """
     if parallel is not None:
-        total, supervised = parallel.backward(examples, grad_accum=grad_accum, pad_id=pad_id, device=device,
-                                              pack_capacity=pack_capacity, static=static)
+        with attention_backends(device, static):
+            total, supervised = parallel.backward(examples, grad_accum=grad_accum, pad_id=pad_id, device=device,
+                                                  pack_capacity=pack_capacity, static=static)
     else:
         supervised = sum(e.supervised_tokens for e in examples)
         size = math.ceil(len(examples) / grad_accum)
@@ -169,7 +172,8 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
         for start in range(0, len(examples), size):
             micro = examples[start:start + size]
             batch = make_batch(micro, pad_id, pack_capacity=pack_capacity, static=static).to(device)
-            loss = loss_sum(model, batch, precision, device, fast)
+            with attention_backends(device, static):  # the forward picks the kernel; its backward follows
+                loss = loss_sum(model, batch, precision, device, fast)
             (loss / supervised).backward()
             total += float(loss.detach())
     if not math.isfinite(total):
@@ -180,6 +184,17 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total / supervised
+
+
+def step_order(examples: Sequence[Example], cfg: TrainConfig, *, shuffle: bool, seed: int,
+               drop_last: bool) -> list[list[int]]:
+    """The example indices of each optimizer step of one epoch: ``cfg.batch_size`` examples a step, or with
+    ``cfg.tokens_per_step`` as many as fill that many tokens (every example kept: the steps differ in
+    size anyway)."""
+    if cfg.tokens_per_step:
+        lengths = [len(e.input_ids) - 1 for e in examples]
+        return token_budget_order(lengths, cfg.tokens_per_step, shuffle=shuffle, seed=seed)
+    return batch_order(len(examples), cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
 
 def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
@@ -245,6 +260,9 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     if not train_examples:
         raise HeedError(f"{dcfg.data}: no training example survives ({report.summary()}); "
                         "check it with `heed data check`")
+    if world.distributed and tcfg.tokens_per_step:
+        raise HeedError("--tokens-per-step does not run under torchrun yet (a step could leave a process without "
+                        "an example); use --batch-size with torchrun")
     per_rank = min(tcfg.batch_size, len(train_examples)) // world.size
     if world.distributed and per_rank < tcfg.grad_accum:
         raise HeedError(f"--batch-size {tcfg.batch_size} over {world.size} processes leaves {per_rank} examples a "
@@ -275,7 +293,7 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, tcfg.lr, tcfg.weight_decay, fused=fast.fused_adamw)
     drop_last = len(train_examples) >= tcfg.batch_size
-    steps_per_epoch = len(batch_order(len(train_examples), tcfg.batch_size, shuffle=False, seed=0, drop_last=drop_last))
+    steps_per_epoch = len(step_order(train_examples, tcfg, shuffle=False, seed=0, drop_last=drop_last))
     total_steps = steps_per_epoch * tcfg.epochs
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
@@ -355,8 +373,8 @@ class Loop:
 
     def run_epoch(self, bar: Any) -> None:
         s, cfg, state = self.s, self.cfg, self.state
-        order = batch_order(len(s.train_examples), cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
-                            drop_last=s.drop_last)
+        order = step_order(s.train_examples, cfg, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
+                           drop_last=s.drop_last)
         while state.batch_in_epoch < len(order) and state.step < s.total_steps:
             loss = self.step([s.train_examples[i] for i in order[state.batch_in_epoch]])
             bar.update(1)

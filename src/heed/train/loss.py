@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from heed.config import FastPath
 from heed.data.batch import Batch
 from heed.data.encode import IGNORE_INDEX
+from heed.model.attention import packed_attention, use_packed_attention
 from heed.model.lora import is_adapted
 from heed.runtime.compile import compile_module, compiled
 from heed.runtime.device import autocast
@@ -53,9 +54,11 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
 
     Example: targets ``[[-100, -100, 7, 50256]]`` → the loss is
     ``CE(logits[0, 2], 7) + CE(logits[0, 3], 50256)``, and only those two rows of logits are computed.
-    ``fast.head == "full"`` computes the logits of every position instead (the original design's loop).
+    ``fast.head == "full"`` computes the logits of every position instead (the original design's loop);
+    ``"torch"`` hands the supervised rows to ``torch.nn.functional.linear_cross_entropy``.
     """
-    if fast.head == "full":
+    head_kind = resolve_head(fast.head, device)
+    if head_kind == "full":
         with autocast(precision, device):
             logits = model(input_ids=batch.inputs, use_cache=False).logits  # (B, T, V)
             return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="sum")
@@ -69,11 +72,15 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
     forward = compiled(model)  # compiled by compile_body, or the model as is
     if forward is None:
         forward = model if parts is None else parts[0]
-    with autocast(precision, device):
+    flex = batch.position_ids is not None and use_packed_attention(fast.packed_attn, device)
+    with autocast(precision, device), packed_attention(model, flex):
         if parts is None:
             logits = forward(input_ids=batch.inputs, **extra).logits[supervised]  # (N, V)
             return F.cross_entropy(logits.float(), targets, reduction="sum")
         _, head, softcap = parts
+        if head_kind == "torch" and softcap is None:  # torch's has no soft-capping: heed's head does it
+            hidden = forward(input_ids=batch.inputs, **extra).last_hidden_state[supervised]  # (N, C)
+            return torch_linear_cross_entropy(hidden, head.weight, targets, precision)
         needs_grad = fast.tied_lookup and torch.is_grad_enabled() and head.weight.requires_grad
         tied, shared = _tied_embedding(model, head) if needs_grad else None, None
         if tied is not None:
@@ -84,6 +91,31 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
         hidden = forward(**extra).last_hidden_state[supervised]  # (N, C)
     dtype = torch.bfloat16 if precision == "bf16" else head.weight.dtype
     return linear_cross_entropy(hidden, head.weight, targets, softcap=softcap, dtype=dtype, shared=shared)
+
+
+def resolve_head(head: str, device: torch.device) -> str:
+    """``auto``: heed's own head on a CPU, where it is measured faster than full logits (BENCHMARKS.md:
+    the fast path loses 15% with full-vocabulary logits) and torch's chunked kernel picks an fp32
+    "accurate" policy; torch's on CUDA, because heed's head, a chunked autograd function, spent ~8 ms a
+    step on an H100 for ~1.5 ms of FLOPs (shared/gpu-h100-2026-11-22, prof-compiled-b128.txt), while
+    torch's kernel is tuned for CUDA. Not yet measured against each other on a GPU:
+    ``scripts/gpu-check.sh`` runs both (the bench's "fast, heed's head" row), and the faster one
+    becomes the default."""
+    if head != "auto":
+        return head
+    return "torch" if device.type == "cuda" else "supervised"
+
+
+def torch_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               precision: str) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T`` by PyTorch's chunked linear_cross_entropy (the (N, V)
+    logits never exist at once); matmuls in bf16 under ``precision == "bf16"``, as heed's head does."""
+    from torch.nn.modules.linear_cross_entropy_options import LinearCrossEntropyOptions
+
+    dtype = torch.bfloat16 if precision == "bf16" else weight.dtype
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear_cross_entropy(hidden.to(dtype), weight.to(dtype), targets, reduction="sum",
+                                      options=LinearCrossEntropyOptions()).float()
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
