@@ -17,7 +17,7 @@ from heed.config import GenerateConfig, RunConfig
 from heed.data.records import Record
 from heed.data.templates import Template
 from heed.generate import generate_responses, with_responses
-from heed.io import write_json, write_text
+from heed.io import move_into, write_json, write_text
 from heed.model import save_model
 from heed.plot import plot_losses
 
@@ -52,8 +52,7 @@ def write_outputs(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any], r
     staging = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
     try:
         save_model(model, tokenizer, staging, meta)
-        for item in staging.iterdir():
-            item.replace(out / item.name)
+        move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in result.metrics))
