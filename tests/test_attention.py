@@ -9,6 +9,7 @@ import heed.model.attention as attention
 from heed.config import FastPath
 from heed.model.attention import NAME, use_short_attention
 from heed.model import load_model
+from tests.tolerances import assert_rounding_close
 
 
 def _gemma():
@@ -54,10 +55,12 @@ def test_same_outputs_and_gradients_as_sdpa(build, monkeypatch):
     logits, grads = _logits_and_grads(model, ids, mask)
     assert calls == [], "40-token rows are written out"
     keep = mask.bool()
-    torch.testing.assert_close(logits[keep], expected[keep], rtol=1e-5, atol=1e-5)
+    # Another order of the same sums: the logits went through sums of at most 256 (GPT-2 tiny's MLP), the
+    # gradients through the loss's mean over every logit, of which each position has a vocabulary's worth.
+    assert_rounding_close(logits[keep], expected[keep], terms=256)
     assert grads.keys() == expected_grads.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_rounding_close(grads[name], expected_grads[name], terms=model.config.vocab_size, msg=name)
 
 
 def test_bf16_stays_close_to_fp32():
@@ -67,7 +70,9 @@ def test_bf16_stays_close_to_fp32():
         exact = model(input_ids=ids).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fast = model(input_ids=ids).logits.float()
-    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+    # Each of the 9 matmuls from the embeddings to the logits (4 a layer, then the head) rounds its inputs
+    # to bf16 once; those relative errors add up along the way.
+    assert_rounding_close(fast, exact, dtype=torch.bfloat16, terms=9)
 
 
 def test_long_rows_decoding_and_wide_heads_go_to_sdpa(monkeypatch):

@@ -10,6 +10,7 @@ from heed.generate.decode import StaticDecoder
 from heed.runtime.compile import BUCKET, cache_length as bucket
 from heed.generate import generate_ids, make_decoder
 from heed.model import load_model
+from tests.tolerances import assert_rounding_close
 
 PROMPTS = ["Add 2 and 3.", "Write a long poem about the sea and the stars, with rhymes.", "Hi"]
 
@@ -97,6 +98,8 @@ def test_matmul_weights_same_logits_under_autocast_and_model_restored():
             assert wte.weight.dtype == torch.float32  # the embedding keeps its weights
             assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
             got = model(input_ids=ids).logits
+    # Exact: autocast casts the fp32 weights to the same bf16 values on each call, so the same kernels see the
+    # same operands in the same process.
     assert torch.equal(got, expected)
     assert copies  # made once, kept for the next call
     assert head.weight is wte.weight  # tied again
@@ -124,7 +127,9 @@ def test_compiled_step_under_bf16_autocast_matches_eager_logits(arch, tokenizer)
             with decoder.running():
                 decoder.prefill(ids, mask, positions, 8)
                 logits[name] = decoder.step(token, step_pos).float()
-    assert torch.allclose(logits["compiled"], logits["eager"], atol=0.008, rtol=0)  # 2 bf16 ulps at |logit| < 1
+    # Both round the matmuls' inputs to bf16 alike; only eager's extra roundings of elementwise results
+    # differ, and the bf16 logits themselves round: a few bf16 units of the largest logit.
+    assert_rounding_close(logits["compiled"], logits["eager"], dtype=torch.bfloat16, terms=1)
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

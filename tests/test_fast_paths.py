@@ -11,6 +11,7 @@ from heed.config import FastPath
 from heed.runtime import allocator
 from heed.commands.bench import FAST, GENERATE_MODES, TRAIN_MODES, BenchConfig, measure_generate, measure_train, table
 from heed.model import load_model
+from tests.tolerances import assert_rounding_close
 
 needs_mimalloc = pytest.mark.skipif(allocator.library() is None or not sys.platform.startswith("linux"),
                                     reason="cmeel-mimalloc is installed on Linux x86-64 only")
@@ -51,8 +52,8 @@ def test_fused_gelu_gives_the_same_logits():
     assert type(fast.transformer.h[0].mlp.act) is GELUTanh
     assert type(plain.transformer.h[0].mlp.act) is NewGELUActivation
     ids = torch.randint(0, 50257, (2, 12))
-    with torch.no_grad():
-        assert torch.allclose(fast(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-5)
+    with torch.no_grad():  # the GELU rounds differently; the MLP's 4 x 64 sum carries that to the logits
+        assert_rounding_close(fast(input_ids=ids).logits, plain(input_ids=ids).logits, terms=4 * 64)
 
 
 def test_bench_measures_reference_and_fast_path_on_the_same_batches():

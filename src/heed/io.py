@@ -1,4 +1,5 @@
-"""Atomic file output: everything heed writes appears whole or not at all."""
+"""Atomic file output: everything heed writes appears whole or not at all, with the permissions that the
+umask gives any other new file (tempfile's own 0600/0700 would make a model unreadable to a group)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,37 @@ from typing import Any, Iterator
 from heed.errors import HeedError
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status, 4.7+); else
+    set to 0o077 and put back at once, so that a file another thread creates meanwhile is only stricter."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def as_if_new(root: Path) -> None:
+    """Give ``root`` and everything in it the modes that new files and directories get under the umask
+    (0o666 and 0o777 less the umask): for what was staged through tempfile or written by a library that
+    stages its own files at 0600 (safetensors does)."""
+    mask = umask()
+    for item in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def move_into(staging: Path, out: Path) -> None:
+    """Move each entry of ``staging`` onto its name in ``out`` (one rename each), with ``as_if_new``'s modes."""
+    for item in staging.iterdir():
+        as_if_new(item)
+        os.replace(item, out / item.name)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -23,6 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o666 & ~umask())  # mkstemp's 0600 was for the staging only
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,6 +82,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        as_if_new(tmp)  # mkdtemp's 0700 was for the staging only
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
@@ -79,8 +113,7 @@ def staged_into(path: str | os.PathLike) -> Iterator[Path]:
     a reader never sees half a file (each arrives by rename) and other files in ``path`` stay."""
     with scratch_dir(path, "staging") as tmp:
         yield tmp
-        for item in tmp.iterdir():
-            os.replace(item, Path(path) / item.name)
+        move_into(tmp, Path(path))
 
 
 def read_text(path: str | os.PathLike, *, what: str = "file") -> str:

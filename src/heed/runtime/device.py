@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 from typing import ContextManager
 
@@ -38,11 +39,39 @@ def enable_tf32(enabled: bool = True) -> None:
         torch.backends.cudnn.allow_tf32 = enabled
 
 
+CPUINFO = Path("/proc/cpuinfo")
+# Instruction-set caps that stop below bf16 matrix instructions: oneDNN's (it runs CPU bf16 matmuls; the
+# levels from sse41 to avx512_core_vnni) and ATen's own kernels (default, avx2).
+ONEDNN_BELOW_BF16 = {"sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni"}
+ATEN_BELOW_BF16 = {"default", "avx2"}
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AMX-bf16 or AVX512-bf16)."""
+    """True when this CPU runs bf16 matmuls natively (AMX-bf16 or AVX512-bf16) and nothing forbids their use.
+
+    The answer follows, in order:
+
+    - ``HEED_CPU_BF16=1`` or ``=0``: yes or no outright (e.g. ``0`` keeps ``--precision auto`` in fp32).
+    - ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) at a level below bf16 (``avx2``,
+      ``avx512_core``, ``avx512_core_vnni``, ...) or ``ATEN_CPU_CAPABILITY`` at ``default`` or ``avx2``:
+      no, as the kernels cannot use bf16 instructions (this is how CI emulates AVX2-only CPUs).
+    - the ``amx_bf16`` or ``avx512_bf16`` flag in /proc/cpuinfo.
+
+    Example: on a Sapphire Rapids Xeon, ``ONEDNN_MAX_CPU_ISA=AVX2 heed train ...`` trains in fp32.
+    """
+    forced = os.environ.get("HEED_CPU_BF16", "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise HeedError(f"HEED_CPU_BF16={forced}: set it to 1 (use bf16 on this CPU) or 0 (do not), or unset it")
+        return forced == "1"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if onednn.strip().lower() in ONEDNN_BELOW_BF16:
+        return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in ATEN_BELOW_BF16:
+        return False
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = CPUINFO.read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
