@@ -25,7 +25,7 @@ test: install
 AVX2_ENV := MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 HEED_CPU_BF16=0 \
 	TORCHINDUCTOR_CACHE_DIR=$(abspath $(VENV))/inductor-avx2
 NUMERIC_TESTS := $(addprefix tests/test_,$(addsuffix .py,train loss tied attention pack decode generate optim \
-	compile fast_paths device))
+	compile device))
 test-avx2: install
 	$(AVX2_ENV) $(PY) -m pytest -q $(NUMERIC_TESTS)
 
