@@ -89,7 +89,7 @@ def test_torch_head_equals_heeds_head_loss_and_gradients():
     want = grads(linear_cross_entropy, hidden, weight, targets)
     got = grads(lambda h, w, t: torch_linear_cross_entropy(h, w, t, "fp32"), hidden, weight, targets)
     for a, b in zip(got, want, strict=True):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert_rounding_close(a, b, terms=50)  # a softmax over 50 logits, a gradient over 40 rows
 
     batch = collate([build_example(0, [5, 6, 7], [8, 9, 10]), build_example(1, [11], [12, 13, 14, 15])], 0)
     results = []
@@ -98,8 +98,11 @@ def test_torch_head_equals_heeds_head_loss_and_gradients():
         loss = loss_sum(model, batch, "fp32", torch.device("cpu"), FastPath(head=head))
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    # Each gradient passed back through a softmax over the 50,257-token vocabulary, summed in pieces by
+    # one head and whole by the other: that sum is the longest the two paths round differently.
+    vocab = 50257
+    assert_rounding_close(results[1][0], results[0][0], terms=vocab)
     for name, g in results[0][1].items():
-        assert torch.allclose(g, results[1][1][name], rtol=1e-4, atol=1e-6), name
+        assert_rounding_close(results[1][1][name], g, terms=vocab, msg=name)
     assert resolve_head("auto", torch.device("cpu")) == "supervised"
     assert resolve_head("auto", torch.device("cuda")) == "torch"
