@@ -233,3 +233,22 @@ def test_auto_cache_is_dynamic_on_cpu_and_compiled_on_cuda():
     assert resolve_cache("static", torch.device("cuda", 0)) == "static"
     assert GenerateConfig().cache == "auto"
     assert isinstance(make_decoder(load_model("random:gpt2-tiny"), GenerateConfig()), DynamicDecoder)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_prefill_projects_only_the_last_position_onto_the_vocabulary(cache, arch, tokenizer):
+    """The vocabulary head sees one position a row in the prefill as in every step, and the greedy
+    tokens are still those of a full forward pass without a cache."""
+    model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
+    widths = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: widths.append(out.shape[1]))
+    try:
+        got = generate_ids(model, _prompts(tokenizer), pad_id=50256, eos=-1,
+                           cfg=GenerateConfig(max_new_tokens=3, cache=cache))
+    finally:
+        hook.remove()
+    assert widths == [1, 1, 1]  # the prefill and two steps; without logits_to_keep the first is the prompt's width
+    with torch.no_grad():
+        first = [int(model(input_ids=torch.tensor([p])).logits[0, -1].argmax()) for p in _prompts(tokenizer)]
+    assert [g[0] for g in got] == first

@@ -15,6 +15,7 @@ graph (``mode="reduce-overhead"``) instead of launching hundreds of small kernel
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ class DynamicDecoder:
     static_steps = False  # every step has a new key length
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.extra = last_logits_only(model)
 
     def running(self) -> contextlib.AbstractContextManager:
         """Held around one ``generate_ids`` call."""
@@ -44,7 +46,7 @@ class DynamicDecoder:
 
     def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         result = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                            past_key_values=self.past, use_cache=True)
+                            past_key_values=self.past, use_cache=True, **self.extra)
         self.past = result.past_key_values
         return result.logits[:, -1, :]
 
@@ -101,10 +103,19 @@ class StaticDecoder:
         return self._step(token, self.mask, positions, self.cache)
 
 
+def last_logits_only(model: Any) -> dict[str, int]:
+    """``logits_to_keep=1`` for models that take it. Decoding needs the logits of a prompt's last position
+    only; projecting every other prompt position onto the vocabulary (Gemma 3: 262k rows, 335 MFLOP a
+    position) costs more than the rest of the prefill."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def _forward(model: Any) -> Any:
+    extra = last_logits_only(model)
+
     def run(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         result = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True)
+                       use_cache=True, **extra)
         return result.logits[:, -1, :]
 
     return run
