@@ -15,8 +15,20 @@ def test_gguf_is_dequantized_once_then_loaded_from_the_cache(gguf_file, tmp_path
     from heed.model.gguf import COMPLETE, cached_gguf
     from heed.model import context_length, load_model, load_tokenizer, model_config
 
+    import gguf
+
+    opened = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            opened.append(str(path))
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
     target = cached_gguf(gguf_file)
     assert (target / COMPLETE).is_file() and (target / "model.safetensors").is_file()
+    assert opened == [str(gguf_file)]  # tokenizer, config and weights from one parse of the metadata
+    assert gguf.GGUFReader is CountingReader  # put back after the conversion
 
     import transformers
 

@@ -98,3 +98,34 @@ def test_demo_plumbing_on_a_tiny_model(tmp_path, capsys):
     assert "| **all** | 14 |" in report and report.count("  - finetuned:") == 5
     assert (tmp_path / "demo" / "model" / "heed.json").is_file()
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["steps"] == summary["steps"] > 0
+
+
+def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
+    """Without --max-new-tokens the demo decodes the longest training answer and the stop marker at most,
+    for the base model and the finetuned one alike, in batches of --gen-batch-size."""
+    import heed.generate.responses as responses
+    from heed.commands.demo import DemoConfig, answer_budget, run_demo
+    from heed.data.records import load_records, split_records
+    from heed.data.templates import get_template
+    from heed.model import load_tokenizer
+
+    calls = []
+    real = responses.generate_ids
+
+    def spy(model, prompts, **kw):
+        new = real(model, prompts, **kw)
+        calls.append((kw["cfg"].max_new_tokens, len(prompts), max(len(ids) for ids in new)))
+        return new
+
+    monkeypatch.setattr(responses, "generate_ids", spy)
+    out = tmp_path / "demo"
+    summary = run_demo(DemoConfig(model="random:gpt2-tiny", out=str(out), n=60, gen_batch_size=5),
+                       log=lambda _: None)
+    split = split_records(load_records(out / "tasks.json"))
+    budget = answer_budget(load_tokenizer("random:gpt2-tiny"), get_template("instruction-response"), split.train)
+    assert summary["max_new_tokens"] == budget < 40
+    assert {c[0] for c in calls} == {budget} and max(c[2] for c in calls) == budget  # the untrained model runs on
+    assert sum(c[1] for c in calls) == 2 * len(split.test) and max(c[1] for c in calls) == 5  # base, then finetuned
+    run = json.loads((out / "model" / "heed.json").read_text())["config"]
+    assert run["train"]["max_new_tokens"] == budget and run["train"]["gen_batch_size"] == 5
+    assert run["train"]["group_by_length"] is True

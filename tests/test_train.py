@@ -265,3 +265,33 @@ def test_tokens_per_step_forms_steps_by_a_token_budget(data_file, tmp_path, monk
     shuffled = token_budget_order(lengths, 9, shuffle=True, seed=1)
     assert sorted(sum(shuffled, [])) == [0, 1, 2, 3, 4]
     assert sum(shuffled, []) == loop.batch_order(5, 5, shuffle=True, seed=1)[0]  # the same visiting order
+
+
+def test_group_by_length_pads_less_and_still_sees_every_example_once(data_file, tmp_path, monkeypatch):
+    """--group-by-length: each epoch every training example once, in batches of --batch-size whose widths
+    (the longest member) add up to less than random batches', in an order that changes with the epoch."""
+    import random
+
+    import heed.train.loop as loop
+    from heed.data.batch import length_grouped_order
+
+    steps = []
+    real = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda model, opt, sched, exs, **kw: (steps.append(list(exs)),
+                                                                                   real(model, opt, sched, exs, **kw))[1])
+    result = train(run_config(data_file, tmp_path / "run", epochs=2, batch_size=2, group_by_length=True), log=quiet)
+    per_epoch = len(steps) // 2
+    for epoch in (steps[:per_epoch], steps[per_epoch:]):
+        seen = sorted(e.index for step in epoch for e in step)
+        assert len(seen) == len(set(seen)) and all(len(step) <= 2 for step in epoch)
+    assert [[e.index for e in s] for s in steps[:per_epoch]] != [[e.index for e in s] for s in steps[per_epoch:]]
+    assert result.steps == len(steps)
+
+    lengths = [random.Random(i).randint(10, 60) for i in range(640)]
+    width = lambda batches: sum(max(lengths[i] for i in b) * len(b) for b in batches)  # noqa: E731
+    grouped = length_grouped_order(lengths, 8, shuffle=True, seed=3)
+    assert sorted(sum(grouped, [])) == list(range(640)) and {len(b) for b in grouped} == {8}
+    assert width(grouped) < 0.8 * width(loop.batch_order(640, 8, shuffle=True, seed=3))
+    assert grouped == length_grouped_order(lengths, 8, shuffle=True, seed=3)  # resumable: the seed decides
+    assert length_grouped_order(lengths[:13], 4, shuffle=True, seed=0, drop_last=True) and all(
+        len(b) == 4 for b in length_grouped_order(lengths[:13], 4, shuffle=True, seed=0, drop_last=True))

@@ -110,6 +110,8 @@ class TrainConfig:
                                       "instead of --batch-size examples (for a GPU: e.g. 8192 with --pack); "
                                       "the loss stays the mean over the step's supervised tokens",
                                       check=at_least(1), metavar="N")
+    group_by_length: bool = opt(False, "form batches of examples of similar length (shuffled within groups of "
+                                "64 batches), so that padding costs little; with --batch-size steps")
     pack: bool = opt(False, "pack each micro-batch into padding-free rows of at most --pack-length tokens "
                      "(attention never crosses examples; same loss and gradients as padding)")
     pack_length: int = opt(256, "longest packed row (capped at --max-length; on CPU longer rows cost more "
@@ -138,6 +140,8 @@ class TrainConfig:
     audit: bool = opt(True, "skip the data audit (audit.json); it re-encodes every record",
                       flag="--no-audit")
     max_new_tokens: int = opt(256, "new tokens per test response at most", check=at_least(1))
+    gen_batch_size: int = opt(32, "test prompts answered together (a decoding step reads every weight once "
+                              "whatever the batch: on a 2-core CPU 32 prompts decoded 1.7x faster than 8)", check=at_least(1))
     lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model; the adapter is "
                                   "saved on its own in adapter/ too)")
     merge: bool = opt(True, "with --lora: save only the adapter (with the tokenizer and heed.json), not the "

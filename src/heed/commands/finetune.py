@@ -44,7 +44,7 @@ def test_responses(trained: Trained, out: Path, log: Log) -> None:
 
     test = trained.split.test
     started = time.perf_counter()
-    gen = GenerateConfig(max_new_tokens=trained.run.train.max_new_tokens)
+    gen = GenerateConfig(max_new_tokens=trained.run.train.max_new_tokens, batch_size=trained.run.train.gen_batch_size)
     world = distributed.world()  # under torchrun each rank answers its share; rank 0 writes
     mine = list(range(world.rank, len(test), world.size))
     answers = generate_responses(trained.model, trained.tokenizer, trained.template, [test[i] for i in mine], gen)

@@ -6,11 +6,14 @@ cached Hugging Face directory in seconds. The cache lives under ``cache_dir()``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from heed.errors import HeedError
 from heed.io import atomic_dir, scratch_dir
@@ -73,8 +76,9 @@ def convert(path: Path, target: Path) -> None:
     print(f"heed: dequantizing {path.name} once (cached in {target})", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise HeedError(f"--model {path}: transformers cannot load this GGUF file: {str(e).splitlines()[0]}") from None
     # The tensors are plain floats now; drop the GGUF marker so the model saves like any other.
@@ -86,3 +90,25 @@ def convert(path: Path, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE).write_text(f"{path.name}\n")
     print(f"heed: cached in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def parsed_once() -> Iterator[None]:
+    """Within the block each GGUF file is parsed once. transformers opens the file once for the tokenizer,
+    once for the config and once for the weights, and each opening parses all of its metadata in Python
+    (for Gemma 3, a 262k-entry vocabulary with scores and types). The reader only reads, so one serves all."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original

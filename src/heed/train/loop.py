@@ -20,7 +20,7 @@ import torch
 
 from heed.config import FastPath, RunConfig, TrainConfig, validate
 from heed.data import load_split, with_system
-from heed.data.batch import batch_order, iter_batches, make_batch, token_budget_order
+from heed.data.batch import batch_order, iter_batches, length_grouped_order, make_batch, token_budget_order
 from heed.data.encode import EncodeReport, Example, encode_records
 from heed.data.records import Record, Split
 from heed.data.templates import Template, get_template
@@ -188,12 +188,14 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
 
 def step_order(examples: Sequence[Example], cfg: TrainConfig, *, shuffle: bool, seed: int,
                drop_last: bool) -> list[list[int]]:
-    """The example indices of each optimizer step of one epoch: ``cfg.batch_size`` examples a step, or with
-    ``cfg.tokens_per_step`` as many as fill that many tokens (every example kept: the steps differ in
-    size anyway)."""
+    """The example indices of each optimizer step of one epoch: ``cfg.batch_size`` examples a step (of
+    similar lengths with ``cfg.group_by_length``), or with ``cfg.tokens_per_step`` as many as fill that
+    many tokens (every example kept: the steps differ in size anyway)."""
+    lengths = [len(e.input_ids) - 1 for e in examples]
     if cfg.tokens_per_step:
-        lengths = [len(e.input_ids) - 1 for e in examples]
         return token_budget_order(lengths, cfg.tokens_per_step, shuffle=shuffle, seed=seed)
+    if cfg.group_by_length:
+        return length_grouped_order(lengths, cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     return batch_order(len(examples), cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
 
