@@ -138,6 +138,9 @@ class Sharded(DataParallel):
         by_name = get_optimizer_state_dict(self.model, optimizer, options=options)
         if not self.world.main:
             return {}, {}
+        first: dict[int, str] = {}
+        for name, tensor in self.model.state_dict(keep_vars=True).items():  # tied weights: one tensor again
+            weights[name] = weights[first.setdefault(id(tensor), name)]
         index = {name: i for i, name in enumerate(self._names())}
         groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
         return weights, {"state": {index[n]: v for n, v in by_name["state"].items()}, "param_groups": groups}
