@@ -134,6 +134,9 @@ class TrainConfig:
     seed: int = opt(123, "seed for initialisation, shuffling and dropout")
     shuffle: bool = opt(True, "keep the training order fixed", flag="--no-shuffle")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    fsdp: bool = opt(False, "under torchrun, shard weights, gradients and optimizer state over the processes "
+                     "(FSDP2) instead of holding the whole model in each: for a model that does not fit one "
+                     "device; in one process it trains unsharded")
     checkpoint_every: int | None = opt(None, "write a resumable checkpoint every N steps", check=at_least(1))
     sample_every_epoch: bool = opt(True, "no greedy sample at the end of each epoch", flag="--no-sample")
     generate_test: bool = opt(True, "skip responses for the test split", flag="--no-generate")
@@ -152,6 +155,9 @@ class TrainConfig:
         if isinstance(self.grad_accum, int) and isinstance(self.batch_size, int) and \
                 self.grad_accum > self.batch_size >= 1:
             problems.append(f"--grad-accum must be between 1 and --batch-size (got {self.grad_accum})")
+        if self.fsdp and self.compile:
+            problems.append("--fsdp does not run with --compile yet (the sharded blocks would compile their "
+                            "gathers); drop one of them")
         if self.lora is not None:
             problems += self.lora.validate()
         elif self.merge is False:

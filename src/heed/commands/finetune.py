@@ -26,8 +26,8 @@ def epoch_sample(log: Log, max_new_tokens: int = 35) -> Callable[[Setup, int], N
     from heed.generate import generate_responses
 
     def sample(s: Setup, epoch: int) -> None:
-        if not distributed.world().main:
-            return
+        if not distributed.world().main or (s.parallel is not None and s.parallel.sharded):
+            return  # sharded (--fsdp), the model is whole only at the end: no sample mid-training
         first = (s.split.val or s.split.train)[0]
         # one prompt mid-training: a compiled step would compile again every epoch for a few tokens
         response = generate_responses(s.model, s.tokenizer, s.template, [first],

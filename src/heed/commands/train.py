@@ -35,7 +35,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 # What may change when a run is resumed: how long it goes on and what it does at the end. Everything
 # else shaped the optimizer state and the data order already, so changing it would not be a resume.
 RESUMABLE = ("epochs", "max_steps", "checkpoint_every", "generate_test", "max_new_tokens", "gen_batch_size",
-             "sample_every_epoch", "audit", "device")
+             "sample_every_epoch", "audit", "device", "fsdp")
 
 
 def resume_config(args: argparse.Namespace, state: dict[str, Any], run_dir: Path) -> RunConfig:
@@ -100,8 +100,9 @@ def register(sub: Any) -> None:
     add_flags(p, TrainConfig, only=("model", "out", "overwrite"))
     g = p.add_argument_group("optimisation")
     add_flags(g, TrainConfig, only=("lr", "weight_decay", "batch_size", "grad_accum", "tokens_per_step",
-                                    "group_by_length", "pack", "pack_length", "epochs", "max_steps", "clip", "warmup_steps", "schedule", "precision",
-                                    "compile", "seed", "shuffle", "device"))
+                                    "group_by_length", "pack", "pack_length", "epochs", "max_steps", "clip",
+                                    "warmup_steps", "schedule", "precision", "compile", "seed", "shuffle", "device",
+                                    "fsdp"))
     g = p.add_argument_group("evaluation and early stopping")
     add_flags(g, TrainConfig, only=("eval_every", "eval_batches", "patience", "min_delta", "checkpoint_every",
                                     "sample_every_epoch", "generate_test", "audit", "max_new_tokens",

@@ -82,11 +82,14 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def save(out_dir: Path, *, model: Any, optimizer: Any, scheduler: Any, loop: dict[str, Any],
-         config: dict[str, Any], best_state: dict[str, torch.Tensor] | None, finished: bool = False) -> Path:
+         config: dict[str, Any], best_state: dict[str, torch.Tensor] | None, finished: bool = False,
+         weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint; ``weights`` and ``optimizer_state`` stand for the model's and the optimizer's
+    state dicts where those hold only a shard (FSDP gathers them whole first)."""
     from safetensors.torch import save_file
 
-    weights, aliases = _tensors(model.state_dict())
-    moments, optimizer_meta = _optimizer_parts(optimizer.state_dict())
+    weights, aliases = _tensors(model.state_dict() if weights is None else weights)
+    moments, optimizer_meta = _optimizer_parts(optimizer.state_dict() if optimizer_state is None else optimizer_state)
     python_rng, rng_tensors = rng_state()
     state = {"format": FORMAT, "finished": finished, "loop": loop, "config": config, "aliases": aliases,
              "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), "rng": python_rng["python"],

@@ -8,6 +8,7 @@ responses and scoring them is the finetune job's (``heed.commands.finetune``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -36,7 +37,7 @@ from heed.runtime.progress import progress
 from heed.train import checkpoint
 from heed.train.loss import compile_body, loss_sum
 from heed.train.optim import clipped_step, make_optimizer
-from heed.train.parallel import DataParallel
+from heed.train.parallel import DataParallel, Sharded
 from heed.train.save import check_out, clear_out
 
 Log = Callable[[str], None]
@@ -126,7 +127,8 @@ class NonFiniteLoss(Exception):
 
 @torch.no_grad()
 def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id: int, num_batches: int,
-             precision: str, device: torch.device, static: bool = False, fast: FastPath = FastPath()) -> float | None:
+             precision: str, device: torch.device, static: bool = False, fast: FastPath = FastPath(),
+             parallel: DataParallel | None = None) -> float | None:
     """Mean loss per supervised token over the first ``num_batches`` batches (None without examples)."""
     if not examples:
         return None
@@ -135,14 +137,20 @@ def evaluate(model: Any, examples: Sequence[Example], *, batch_size: int, pad_id
     total, tokens = 0.0, 0
     bucket = BUCKET if static else None
     world = distributed.world()
-    for i, batch in enumerate(iter_batches(examples, batch_size, pad_id, pad_to_multiple_of=bucket)):
-        if i >= num_batches:
-            break
-        if i % world.size != world.rank:  # under torchrun each rank evaluates its share of the batches
-            continue
+    batches = list(itertools.islice(iter_batches(examples, batch_size, pad_id, pad_to_multiple_of=bucket),
+                                    num_batches))
+    sharded = isinstance(parallel, Sharded)
+    rounds = math.ceil(len(batches) / world.size)
+    for i in range(world.rank, rounds * world.size if sharded else len(batches), world.size):
+        # under torchrun each rank evaluates its share of the batches; sharded, every rank runs as many
+        # forwards as the others (each gathers weights from all), the last ones on a batch it does not count
+        batch = batches[i] if i < len(batches) else batches[0]
         with attention_backends(device, static):
-            total += float(loss_sum(model, batch.to(device), precision, device, fast))
-        tokens += batch.supervised_tokens
+            b = batch.to(device)
+            loss = parallel.loss(b) if sharded else loss_sum(model, b, precision, device, fast)
+        if i < len(batches):
+            total += float(loss)
+            tokens += batch.supervised_tokens
     model.train(was_training)
     total, tokens = distributed.all_sum([total, tokens], device)
     return total / tokens
@@ -288,10 +296,17 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
             # every weight on every step. Adapters stay fp32.
             model = model.to(torch.bfloat16)
         model = add_adapters(model, tcfg.lora)
-    model.to(device).train()
+    sharding = world.distributed and tcfg.fsdp
+    if not sharding:  # sharded, each rank's shards go to its device, never the whole model
+        model.to(device)
+    model.train()
     if tcfg.compile:
         compile_body(model)
-    parallel = DataParallel(model, precision, device, fast) if world.distributed else None
+    parallel = None
+    if world.distributed:
+        parallel = (Sharded if sharding else DataParallel)(model, precision, device, fast)
+    elif tcfg.fsdp:
+        log("--fsdp: one process, nothing to shard; training unsharded (start heed with torchrun to shard)")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, tcfg.lr, tcfg.weight_decay, fused=fast.fused_adamw)
     drop_last = len(train_examples) >= tcfg.batch_size
@@ -303,7 +318,8 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}"
         + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "")
-        + (f", data parallel over {world.size} processes" if world.distributed else "") + "; "
+        + (f", {'sharded (FSDP)' if tcfg.fsdp else 'data parallel'} over {world.size} processes"
+           if world.distributed else "") + "; "
         f"{total_steps} steps")
     return Setup(run, device, precision, template, tokenizer, split, records, report, train_examples, val_examples,
                  model, optimizer, scheduler, total_steps, drop_last, fast, audit, parallel)
@@ -325,18 +341,23 @@ class Loop:
         return self.state.seconds + time.perf_counter() - self.started
 
     def save_checkpoint(self, finished: bool = False) -> Path:
-        """Rank 0 writes (under torchrun every rank holds the same weights and optimizer state)."""
+        """Rank 0 writes (under torchrun every rank holds the same weights and optimizer state; sharded, they
+        are gathered onto rank 0 first, so the checkpoint is the one a single process writes)."""
         s = self.s
+        weights = moments = None
+        if isinstance(s.parallel, Sharded):
+            weights, moments = s.parallel.full_state(s.optimizer)
         if distributed.world().main:
             checkpoint.save(self.out, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                            loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best, finished=finished)
+                            loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best, finished=finished,
+                            weights=weights, optimizer_state=moments)
         distributed.barrier()
         return self.out / checkpoint.CHECKPOINT
 
     def evaluate(self) -> dict[str, Any]:
         s, cfg, state = self.s, self.cfg, self.state
         kw = dict(batch_size=cfg.batch_size, pad_id=s.tokenizer.pad_token_id, num_batches=cfg.eval_batches,
-                  precision=s.precision, device=s.device, static=cfg.compile, fast=s.fast)
+                  precision=s.precision, device=s.device, static=cfg.compile, fast=s.fast, parallel=s.parallel)
         row = {"step": state.step, "epoch": min(state.epoch + 1, cfg.epochs), "tokens_seen": state.tokens_seen,
                "train_loss": evaluate(s.model, s.train_examples, **kw), "val_loss": evaluate(s.model, s.val_examples, **kw),
                "lr": s.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)}
@@ -344,7 +365,9 @@ class Loop:
         val = row["val_loss"]
         if val is not None and (state.best_val is None or val < state.best_val - cfg.min_delta):
             state.best_val, state.best_step, state.bad_evals = val, state.step, 0
-            if cfg.patience:
+            if cfg.patience and isinstance(s.parallel, Sharded):
+                self.best = s.parallel.gathered(trained_only=True)
+            elif cfg.patience:
                 self.best = {n: p.detach().cpu().clone() for n, p in s.model.named_parameters() if p.requires_grad}
         elif val is not None:
             state.bad_evals += 1
@@ -424,17 +447,35 @@ def finish(s: Setup, loop: Loop) -> Trained:
         loop.evaluate()
     last = state.metrics[-1]
     if loop.best is not None and state.best_step != state.step:
-        s.model.load_state_dict(loop.best, strict=False)
+        if isinstance(s.parallel, Sharded):
+            s.parallel.load_full_state(s.optimizer, loop.best, strict=False)
+        else:
+            s.model.load_state_dict(loop.best, strict=False)
         loop.log(f"restored the best weights: step {state.best_step}, val loss {state.best_val:.3f}")
     if s.run.train.checkpoint_every:
         loop.save_checkpoint(finished=True)
     result = TrainResult(Path(s.run.train.out), state.step, state.tokens_seen, state.best_step, state.best_val,
                          last["train_loss"], last["val_loss"], state.stopped_early, state.seconds, state.metrics)
+    if isinstance(s.parallel, Sharded):
+        s.model = unsharded(s)
     s.model.float()
     adapter = adapter_of(s.model, s.run.train.model) if s.run.train.lora else None  # taken before the merge
     model = (merged(s.model) if s.run.train.merge else s.model).eval()  # adapters merged into fp32 weights
     return Trained(model, s.tokenizer, s.template, s.run, result, s.split, s.report, s.precision, s.device, s.audit,
                    adapter)
+
+
+def unsharded(s: Setup) -> Any:
+    """The trained model gathered whole on every rank, as a plain model on this rank's device, for saving
+    and answering the test split: built as ``setup`` built it, then given the trained weights."""
+    full = s.parallel.gathered()
+    s.optimizer = s.parallel = None  # the shards go
+    tcfg = s.run.train
+    model = load_model(tcfg.model, seed=tcfg.seed, fast=s.fast)
+    if tcfg.lora:
+        model = add_adapters(model.to(torch.bfloat16) if s.precision == "bf16" else model, tcfg.lora)
+    model.load_state_dict(full)
+    return model.to(s.device).train()
 
 
 def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log, fast: FastPath = FastPath(),
@@ -447,8 +488,11 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
     s = setup(run, fast=fast, log=log, resuming=resume is not None)
     state, best = LoopState(), None
     if resume:
-        s.model.load_state_dict(resume["model"])
-        s.optimizer.load_state_dict(resume["optimizer"])
+        if isinstance(s.parallel, Sharded):  # every rank read the whole checkpoint; each keeps its shard
+            s.parallel.load_full_state(s.optimizer, resume["model"], resume["optimizer"])
+        else:
+            s.model.load_state_dict(resume["model"])
+            s.optimizer.load_state_dict(resume["optimizer"])
         s.scheduler.load_state_dict(resume["scheduler"])
         state, best = LoopState(**resume["loop"]), resume["best_state"]
         checkpoint.set_rng_state(resume["rng"])

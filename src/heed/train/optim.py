@@ -4,6 +4,7 @@ Clipping to a global norm ``c`` multiplies every gradient by ``min(1, c / (norm 
 fused AdamW that factor is handed to the kernel as its gradient divisor (``grad_scale``, the hook
 ``torch.amp.GradScaler`` uses for unscaling), so the gradients are read once by the kernel instead of
 once more by a separate scaling pass — the same update, one pass over the model's gradients fewer.
+Under FSDP the gradients are shards (DTensors): their norm is summed over all ranks before it is used.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def is_fused(optimizer: Any) -> bool:
 def grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     """The global L2 norm of the parameters' gradients (a 0-d tensor on their device)."""
     grads = [p.grad for p in params if p.grad is not None]
+    if _sharded(grads):
+        norm = torch.nn.utils.get_total_norm(grads)  # a DTensor: the shards' squares summed over all ranks
+        return norm.full_tensor()
     if grads and all(g.device.type == "cpu" and g.dtype == torch.float32 and g.is_contiguous() for g in grads):
         # BLAS dot products: on CPUs faster than torch's norm kernels (BENCHMARKS.md); the sum of squares is
         # accumulated in fp64.
@@ -44,6 +48,14 @@ def grad_norm(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
         return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _sharded(grads: Sequence[torch.Tensor]) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(g, DTensor) for g in grads)
 
 
 def clipped_step(optimizer: Any, params: Sequence[torch.nn.Parameter], clip: float | None, *,
@@ -57,7 +69,10 @@ def clipped_step(optimizer: Any, params: Sequence[torch.nn.Parameter], clip: flo
         return
     params = [p for p in params if p.grad is not None]
     if not (fold and is_fused(optimizer)) or not params:
-        torch.nn.utils.clip_grad_norm_(params, clip)
+        if _sharded([p.grad for p in params]):
+            torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm(params))
+        else:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         return
     norm = grad_norm(params).float()
