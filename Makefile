@@ -18,16 +18,15 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests
 
-# The numerics, training and generation tests again on AVX2 kernels only, as on CPUs without AVX-512
-# (many AMD EPYC): the sums run in another order, and the tolerances must hold for both. No bf16 either.
+# The tests that compare numbers (marked `kernels`: losses, gradients, training runs, decoding) again on
+# AVX2 kernels only, as on CPUs without AVX-512 (many AMD EPYC): the sums run in another order, and the
+# tolerances must hold for both. No bf16 either.
 # torch.compile gets a cache of its own: its graph cache does not key on the instruction set, and an
 # AVX-512 graph replayed under AVX2 (or the reverse) computes NaN or crashes.
 AVX2_ENV := MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 HEED_CPU_BF16=0 \
 	TORCHINDUCTOR_CACHE_DIR=$(abspath $(VENV))/inductor-avx2
-NUMERIC_TESTS := $(addprefix tests/test_,$(addsuffix .py,train loss tied attention pack decode generate optim \
-	compile device))
 test-avx2: install
-	$(AVX2_ENV) $(PY) -m pytest -q $(NUMERIC_TESTS)
+	$(AVX2_ENV) $(PY) -m pytest -q -m kernels tests
 
 # `pip install heed` with no extras into a fresh venv, then train, generate, score and report (~2 min).
 test-install: install

@@ -11,6 +11,8 @@ from heed.model.attention import NAME, use_short_attention
 from heed.model import load_model
 from tests.tolerances import assert_rounding_close
 
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
+
 
 def _gemma():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from heed.data.batch import collate, make_batch
@@ -48,6 +49,7 @@ def test_row_buckets_are_few_and_tight():
     assert len({row_bucket(n) for n in range(1, 1025)}) == 20
 
 
+@pytest.mark.kernels
 def test_compiled_loss_matches_eager_and_model_stays_eager(tokenizer):
     model = load_model("random:gpt2-tiny", seed=1)
     batch = make_batch(examples(tokenizer), 50256, static=True)
@@ -62,6 +64,7 @@ def test_compiled_loss_matches_eager_and_model_stays_eager(tokenizer):
     assert all(not k.startswith("_orig_mod") for k in model.state_dict())  # saves as a plain model
 
 
+@pytest.mark.kernels
 def test_compiled_training_run_matches_eager(data_file, tmp_path):
     runs = {}
     for compiled in (False, True):

@@ -12,6 +12,8 @@ from heed.generate import generate_ids, make_decoder
 from heed.model import load_model
 from tests.tolerances import assert_rounding_close
 
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
+
 PROMPTS = ["Add 2 and 3.", "Write a long poem about the sea and the stars, with rhymes.", "Hi"]
 
 

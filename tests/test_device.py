@@ -11,8 +11,9 @@ def _tf32() -> str:
     return torch.backends.cuda.matmul.fp32_precision
 
 
-pytestmark = pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
-                                reason="torch < 2.9 has only the legacy TF32 flags")
+pytestmark = [pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                                 reason="torch < 2.9 has only the legacy TF32 flags"),
+              pytest.mark.kernels]  # run again on AVX2 kernels by make test-avx2 (bf16 detection under ISA caps)
 
 
 def test_enable_tf32_switches_cuda_matmuls_and_back():

@@ -68,3 +68,27 @@ def test_resume_refuses_a_foreign_pt_file(tmp_path, capsys):
     torch.save({"weights": torch.zeros(2)}, path)
     assert main(["train", "--resume", str(path)]) == 2
     assert "heed no longer reads .pt checkpoints" in capsys.readouterr().err
+
+
+def test_every_command_prints_its_help(capsys):
+    """--help of every command and subcommand renders (argparse formats help with %: a help text that
+    says "85% train" once crashed `heed demo --help`)."""
+    import argparse
+
+    from heed.commands.cli import build_parser
+
+    def parsers(parser, path):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from parsers(sub, path + [name])
+
+    seen = []
+    for path, parser in parsers(build_parser(), []):
+        with pytest.raises(SystemExit) as exit:
+            parser.parse_args(["--help"])
+        assert exit.value.code == 0
+        seen.append(" ".join(path))
+    assert {"demo", "train", "generate", "serve", "export"} <= set(seen)
+    assert "85% train" in capsys.readouterr().out

@@ -25,6 +25,7 @@ def prompts(tokenizer):
     return prompt_ids([TEMPLATES["alpaca"].prompt(p, "") for p in PROMPTS], tokenizer, TEMPLATES["alpaca"])
 
 
+@pytest.mark.kernels
 def test_batched_greedy_equals_one_by_one(model, tokenizer):
     cfg = GenerateConfig(max_new_tokens=12)
     ps = prompts(tokenizer)
@@ -35,6 +36,7 @@ def test_batched_greedy_equals_one_by_one(model, tokenizer):
     assert all(len(s) == 12 for s in single)
 
 
+@pytest.mark.kernels
 def test_greedy_matches_full_recompute_without_cache(model, tokenizer):
     p = prompts(tokenizer)[0]
     ids = list(p)
@@ -44,6 +46,7 @@ def test_greedy_matches_full_recompute_without_cache(model, tokenizer):
     assert generate_ids(model, [p], pad_id=50256, eos=50256, cfg=GenerateConfig(max_new_tokens=6))[0] == ids[len(p):]
 
 
+@pytest.mark.kernels
 def test_each_row_stops_at_its_own_eos(model, tokenizer):
     ps = prompts(tokenizer)
     free = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=GenerateConfig(max_new_tokens=10))
@@ -55,6 +58,7 @@ def test_each_row_stops_at_its_own_eos(model, tokenizer):
     assert len(got[0]) == free[0].index(stop) <= 3
 
 
+@pytest.mark.kernels
 def test_sampling_is_seeded(model, tokenizer):
     cfg = GenerateConfig(max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.9)
     ps = prompts(tokenizer)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from heed.train.loss import linear_cross_entropy
 from tests.tolerances import assert_rounding_close
 
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
+
 
 def reference(hidden, weight, targets, softcap=None):
     logits = hidden @ weight.T

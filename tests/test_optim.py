@@ -6,6 +6,8 @@ import torch
 from heed.train.optim import clipped_step, grad_norm, is_fused, make_optimizer
 from tests.tolerances import assert_rounding_close
 
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
+
 
 def _model_with_grads(scale: float) -> torch.nn.Module:
     torch.manual_seed(0)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from heed.data.batch import collate, collate_packed, pack_rows
@@ -7,6 +8,8 @@ from heed.data.templates import TEMPLATES
 from heed.model import load_model
 from tests.conftest import RECORDS
 from tests.tolerances import assert_rounding_close
+
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
 
 VOCAB = 50257  # each position's log-sum-exp: the longest sum in these losses and gradients
 

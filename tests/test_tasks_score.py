@@ -1,5 +1,6 @@
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
     """Without --max-new-tokens the demo decodes the longest training answer and the stop marker at most,
     for the base model and the finetuned one alike, in batches of --gen-batch-size."""
     import heed.generate.responses as responses
-    from heed.commands.demo import DemoConfig, answer_budget, run_demo
+    from heed.commands.demo import FP32_STEPS, DemoConfig, answer_budget, run_demo
     from heed.data.records import load_records, split_records
     from heed.data.templates import get_template
     from heed.model import load_tokenizer
@@ -118,6 +119,7 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
         return new
 
     monkeypatch.setattr(responses, "generate_ids", spy)
+    monkeypatch.setenv("HEED_CPU_BF16", "0")  # a CPU without bf16: the demo's step budget
     out = tmp_path / "demo"
     summary = run_demo(DemoConfig(model="random:gpt2-tiny", out=str(out), n=60, gen_batch_size=5),
                        log=lambda _: None)
@@ -128,4 +130,15 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
     assert sum(c[1] for c in calls) == 2 * len(split.test) and max(c[1] for c in calls) == 5  # base, then finetuned
     run = json.loads((out / "model" / "heed.json").read_text())["config"]
     assert run["train"]["max_new_tokens"] == budget and run["train"]["gen_batch_size"] == 5
-    assert run["train"]["group_by_length"] is True
+    assert run["train"]["group_by_length"] is True and run["train"]["max_steps"] == FP32_STEPS
+
+
+def test_demo_trains_the_full_recipe_where_bf16_trains_and_a_step_budget_elsewhere():
+    from heed.commands.demo import FP32_STEPS, DemoConfig, demo_run
+
+    tasks, model = Path("tasks.json"), Path("model")
+    full = demo_run(DemoConfig(), tasks, model, 25).train
+    assert (full.epochs, full.max_steps, full.group_by_length, full.lr) == (2, None, False, 1e-3)
+    cheap = demo_run(DemoConfig(), tasks, model, 25, budget=True).train
+    assert (cheap.max_steps, cheap.group_by_length) == (FP32_STEPS, True)
+    assert demo_run(DemoConfig(steps=300), tasks, model, 25, budget=True).train.max_steps == 300

@@ -14,6 +14,8 @@ from heed.model import load_model
 from tests.conftest import RECORDS
 from tests.tolerances import assert_rounding_close
 
+pytestmark = pytest.mark.kernels  # run again on AVX2 kernels by make test-avx2
+
 CPU = torch.device("cpu")
 
 

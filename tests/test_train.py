@@ -49,6 +49,7 @@ def quiet(_):
     pass
 
 
+@pytest.mark.kernels
 def test_first_loss_is_ln_vocab(tokenizer):
     model = load_model("random:gpt2-tiny")
     batch = collate(examples(tokenizer), tokenizer.pad_token_id)
@@ -57,6 +58,7 @@ def test_first_loss_is_ln_vocab(tokenizer):
     assert abs(loss - math.log(50257)) < 0.05
 
 
+@pytest.mark.kernels
 def test_supervised_only_head_equals_full_logits(tokenizer):
     model = load_model("random:gpt2-tiny")
     batch = collate(examples(tokenizer), tokenizer.pad_token_id)
@@ -67,6 +69,7 @@ def test_supervised_only_head_equals_full_logits(tokenizer):
     assert_rounding_close(fast, full, terms=VOCAB)
 
 
+@pytest.mark.kernels
 def test_a_few_steps_lower_the_loss_and_change_weights(data_file, tmp_path, tokenizer):
     before = {k: v.clone() for k, v in load_model("random:gpt2-tiny").state_dict().items()}
     result = train(run_config(data_file, tmp_path / "run", epochs=3, eval_every=1), log=quiet)
@@ -110,6 +113,7 @@ def test_outputs_and_saved_model_reload_with_identical_logits(data_file, tmp_pat
     assert load_tokenizer(str(out))("Hello, world!<|endoftext|>")["input_ids"] == [15496, 11, 995, 0, 50256]
 
 
+@pytest.mark.kernels
 def test_saved_logits_equal_trained_logits(data_file, tmp_path, tokenizer, monkeypatch):
     captured = {}
     import heed.commands.finetune as job
@@ -150,6 +154,7 @@ def test_early_stopping_restores_the_best_weights(write_json, tmp_path, tokenize
 
 
 @pytest.mark.parametrize("extra", [{}, {"patience": 50, "grad_accum": 2}])
+@pytest.mark.kernels
 def test_resume_equals_uninterrupted(data_file, tmp_path, extra):
     full = train(run_config(data_file, tmp_path / "full", epochs=3, **extra), log=quiet)
     run = run_config(data_file, tmp_path / "cut", epochs=3, **extra)
@@ -169,6 +174,7 @@ def test_resume_equals_uninterrupted(data_file, tmp_path, extra):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.kernels
 def test_grad_accum_normalises_by_total_supervised_tokens(tokenizer):
     from heed.train import train_step
 
@@ -224,6 +230,7 @@ def test_lora_trains_only_adapters_and_merges(data_file, tmp_path, tokenizer):
     assert (adapted - plain).abs().max() > 1000 * tolerance(terms=mlp_width) * plain.abs().max()
 
 
+@pytest.mark.kernels
 def test_chunked_head_loss_and_gradients_equal_full_logits(tokenizer, monkeypatch):
     import heed.train.loss as loss_module
 

@@ -38,7 +38,7 @@ def add_flags(parser: Any, cls: type, *, only: tuple[str, ...] | None = None, sk
         if is_dataclass(kind):
             continue
         meta = f.metadata
-        help_text = meta["help"]
+        help_text = meta["help"].replace("%", "%%")  # argparse formats help with %: "85% train" is text
         if kind is bool:
             action = "store_false" if f.default is True else "store_true"
             parser.add_argument(flag_name(f), dest=dest(cls, f.name), action=action, default=argparse.SUPPRESS, help=help_text)
