@@ -62,7 +62,7 @@ def test_a_torchrun_checkpoint_resumes_in_one_process(data):
     heed(*COMMON, "--out", "cut", "--max-steps", "2", "--checkpoint-every", "1", procs=2, cwd=data)
     heed("--resume", "cut", "--max-steps", "4", cwd=data)
     heed(*COMMON, "--out", "whole", "--max-steps", "4", cwd=data)
-    assert torch.allclose(torch.tensor(losses(data / "cut")), torch.tensor(losses(data / "whole")), rtol=1e-5)
+    assert_rounding_close(torch.tensor(losses(data / "cut")), torch.tensor(losses(data / "whole")), terms=700)
 
 
 # Sharded (FSDP2): the same steps as one process with the whole batch. Losses differ by fp32 rounding over
