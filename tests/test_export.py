@@ -81,3 +81,18 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert "name the file *.gguf" in capsys.readouterr().err
     assert main(["export", "--model", "random:gpt2-tiny"]) == 2
     assert "--gguf OUT.gguf" in capsys.readouterr().err
+
+
+def test_a_relative_gguf_path_is_written_where_it_names(tmp_path, monkeypatch, capsys):
+    # a stand-in converter that writes --outfile as the real one does: relative to its own working directory
+    tool = tmp_path / "llama.cpp"
+    tool.mkdir()
+    (tool / "convert_hf_to_gguf.py").write_text(
+        "import sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\nopen(out, 'wb').write(b'GGUF')\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["export", "--model", "random:gpt2-tiny", "--gguf", "m.gguf", "--converter", str(tool)]) == 0
+    assert (work / "m.gguf").read_bytes() == b"GGUF" and (work / "Modelfile").is_file()
+    assert sorted(p.name for p in tool.iterdir()) == ["convert_hf_to_gguf.py"]  # nothing left in its directory
+    assert "wrote m.gguf" in capsys.readouterr().out

@@ -43,6 +43,7 @@ def export(spec: str, out: Path, *, quant: str = "f16", converter: str | None = 
     from heed.io import write_text
     from heed.model import context_length, load_tokenizer, model_config, read_meta, saved_template
 
+    out = Path(out).expanduser().absolute()  # the converter runs in its own directory
     if quant not in QUANTS:
         raise HeedError(f"--quant {quant}: choose f32, f16 or q8_0")
     if out.suffix != ".gguf":
