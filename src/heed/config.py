@@ -4,45 +4,36 @@ The command-line flags are generated from these fields (``heed.commands.options`
 (``--config``) fills them, ``KEY=VALUE`` arguments override single fields by their dotted name
 (``train.lr=1e-4``), and ``validate`` collects every problem before any model loads. A trained model
 saves its resolved configuration as ``run.yaml``, which ``--config`` takes back to reproduce the run.
+How a field is made, checked and read (``opt``, ``check_fields``, files, overrides) is ``heed.settings``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from heed.errors import HeedError
+from heed.settings import (  # noqa: F401 - re-exported: ``from heed.config import opt, validate, ...``
+    DROPOUT, NON_EMPTY, NON_NEGATIVE, POSITIVE, SHARE, Check, Choices, apply_override, at_least, check_fields,
+    choices_of, defaults_of, field_type, flag_name, from_dict, load_file, opt, parse_value, shown_default, validate,
+)
 
-Check = tuple[Callable[[Any], bool], str]  # (holds, what the value must be)
-
-
-def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
-        check: Check | None = None, metavar: str | None = None, cli: bool = True, off: Any = None) -> Any:
-    """A configuration field: its default, one line of help, and what the CLI and ``validate`` need.
-
-    ``flag`` names the CLI flag when it is not ``--field-name`` (``--no-shuffle`` for a field that
-    defaults to True); ``check`` is a range rule; ``cli=False`` keeps a field out of the flags; ``off`` is
-    the flag value that means None (``--clip 0``).
-    """
-    meta = {"help": help, "flag": flag, "choices": choices, "check": check, "metavar": metavar, "cli": cli,
-            "off": off}
-    return field(default=default, metadata=meta)
-
-
-def at_least(n: int) -> Check:
-    return (lambda v: v >= n, f"at least {n}")
-
-
-POSITIVE: Check = (lambda v: v > 0, "a positive number")
-NON_NEGATIVE: Check = (lambda v: v >= 0, "zero or more")
-SHARE: Check = (lambda v: 0 <= v <= 1, "between 0 and 1")
-DROPOUT: Check = (lambda v: 0 <= v < 1, "at least 0 and below 1")
-NON_EMPTY: Check = (lambda v: bool(str(v).strip()), "a non-empty path")
 PRECISIONS = ("auto", "bf16", "fp32")
+SECONDS: Check = (lambda v: v > 0, "a number of seconds above 0")
+
+
+def template_names() -> tuple[str, ...]:
+    """The prompt templates by name (``heed.data.templates.TEMPLATES``), looked up when a config is
+    validated or its flags are made: the registry belongs to a later stage."""
+    from heed.data.templates import TEMPLATES
+
+    return tuple(TEMPLATES)
+
+
+def task_families() -> tuple[str, ...]:
+    """The verifiable task families (``heed.data.tasks.FAMILIES``)."""
+    from heed.data.tasks import FAMILIES
+
+    return tuple(FAMILIES)
 
 
 @dataclass
@@ -59,8 +50,8 @@ class DataConfig:
                              "preamble); saved with the model", metavar="TEXT")
     fields: str | None = opt(None, "column names if not instruction/input/output, e.g. "
                              "'instruction=prompt,output=completion'", metavar="MAP")
-    template: str | None = opt(None, "prompt template: alpaca, instruction-response, phi3, chat "
-                               "(default: a heed-trained model's own, else alpaca)")
+    template: str | None = opt(None, "prompt template (default: a heed-trained model's own, else alpaca)",
+                               choices=template_names)
     max_length: int | None = opt(None, "longest example in tokens (default: the model's context length)",
                                  check=at_least(2), metavar="N")
     overlong: str = opt("drop", "examples longer than --max-length: drop, truncate the response, or error",
@@ -144,7 +135,7 @@ class TrainConfig:
                       flag="--no-audit")
     max_new_tokens: int = opt(256, "new tokens per test response at most", check=at_least(1))
     gen_batch_size: int = opt(32, "test prompts answered together (a decoding step reads every weight once "
-                              "whatever the batch: on a 2-core CPU 32 prompts decoded 1.7x faster than 8)", check=at_least(1))
+                              "whatever the batch, so larger batches cost less per prompt)", check=at_least(1))
     lora: LoraConfig | None = opt(None, "train LoRA adapters (merged into the saved model; the adapter is "
                                   "saved on its own in adapter/ too)")
     merge: bool = opt(True, "with --lora: save only the adapter (with the tokenizer and heed.json), not the "
@@ -187,7 +178,8 @@ class GenerateConfig:
 class ServeConfig:
     """``heed serve``: where it listens, how it batches, and how large a request may be."""
 
-    host: str = opt("127.0.0.1", "address to bind (default: this machine only; 0.0.0.0 exposes the server)")
+    host: str = opt("127.0.0.1", "address to bind: a loopback address serves this machine only, 0.0.0.0 "
+                    "exposes the server")
     port: int = opt(8000, "TCP port (0: any free port)", check=(lambda v: 0 <= v <= 65535, "between 0 and 65535"))
     name: str | None = opt(None, "model name shown in /v1/models and /api/tags (default: the --model directory's name)")
     max_batch: int = opt(8, "requests decoded together in one batch at most", check=at_least(1))
@@ -201,6 +193,73 @@ class ServeConfig:
     max_prompt_tokens: int | None = opt(None, "longest prompt in tokens (default: the model's context length "
                                         "less max_new_tokens)", check=at_least(1))
     timeout: float = opt(300.0, "seconds a request may wait for its answer (HTTP 503 after)", check=POSITIVE)
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+@dataclass
+class ModelConfig:
+    """``heed generate``, ``chat`` and ``serve``: the model that answers, its template and its device."""
+
+    model: str | None = opt(None, "a model directory (heed-trained: its template is used)")
+    template: str | None = opt(None, "override the template (default: the model's heed.json, else alpaca)",
+                               choices=template_names)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+@dataclass
+class JudgeConfig:
+    """``heed judge`` and ``heed compare``: which judge, where it runs, and how patiently it is asked.
+    The --judge and --url texts are parsed by ``heed.evaluate.judge.JudgeSpec``."""
+
+    judge: str = opt("ollama:llama3", "the judge: ollama:MODEL or openai:MODEL")
+    url: str | None = opt(None, "server URL (Ollama default http://localhost:11434; for openai: the /v1 base URL; "
+                          "http://USER:PASSWORD@HOST sends basic auth); the API key comes from "
+                          "$HEED_JUDGE_API_KEY or $OPENAI_API_KEY")
+    template: str = opt("alpaca", "template used to show the task to the judge", choices=template_names)
+    concurrency: int = opt(1, "requests in flight (servers that batch: 4-8)", check=at_least(1))
+    timeout: float = opt(120.0, "seconds for a whole request: connect, send and the full reply, streamed or not",
+                         check=SECONDS)
+    retries: int = opt(3, "retries after a timeout, 5xx or malformed reply, with backoff",
+                       check=(lambda v: v >= 0, "0 or more"))
+    deadline: float | None = opt(None, "stop the whole run after this long, saving what was judged (default: no "
+                                 "limit)", check=SECONDS, metavar="SECONDS")
+    fresh: bool = opt(False, "judge every record again, even where the output file holds an unfinished run to "
+                      "resume")
+
+    def validate(self) -> list[str]:
+        return check_fields(self)
+
+
+@dataclass
+class TasksConfig:
+    """``heed tasks make``: how many verifiable task records, and from which families."""
+
+    n: int = opt(1000, "number of records", check=at_least(1))
+    seed: int = opt(123, "seed")
+    families: list[str] | None = opt(None, "comma-separated subset of families (default: all)")
+
+    def validate(self) -> list[str]:
+        problems = check_fields(self)
+        if isinstance(self.families, list):
+            known = task_families()
+            unknown = [f for f in self.families if f not in known] or ([""] if not self.families else [])
+            if unknown:
+                problems.append(f"--families: unknown {', '.join(unknown)}; choose from: {', '.join(known)}")
+        return problems
+
+
+@dataclass
+class InspectConfig:
+    """``heed inspect``: which record to show, and how."""
+
+    index: int = opt(0, "record to show, counted from 0")
+    color: str = opt("auto", "colour the tokens: auto (on a terminal, unless $NO_COLOR is set), always or never",
+                     choices=("auto", "always", "never"))
 
     def validate(self) -> list[str]:
         return check_fields(self)
@@ -245,182 +304,3 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "RunConfig":
         return from_dict(cls, d, source)
-
-
-# --- checking fields -------------------------------------------------------------------------------
-
-
-def flag_name(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
-    """(the field's base type, whether None is allowed), from its annotation."""
-    hint = typing.get_type_hints(cls)[f.name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        kinds = [a for a in args if a is not type(None)]
-        lists = [k for k in kinds if typing.get_origin(k) is list]
-        hint = lists[0] if lists else kinds[0]
-    return (typing.get_origin(hint) or hint), optional
-
-
-def check_fields(cfg: Any) -> list[str]:
-    """Type, finiteness, choices and range of every field, one line per problem, named by its flag."""
-    problems = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        kind, optional = field_type(type(cfg), f)
-        name = flag_name(f)
-        if value is None:
-            if not optional:
-                problems.append(f"{name} must be set")
-            continue
-        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                     or (kind is int and not isinstance(value, int))):
-            problems.append(f"{name} must be {'an integer' if kind is int else 'a number'} (got {value!r})")
-            continue
-        if kind is float and not math.isfinite(value):
-            problems.append(f"{name} must be a finite number (got {value})")
-            continue
-        if kind is bool and not isinstance(value, bool):
-            problems.append(f"{name} must be true or false (got {value!r})")
-            continue
-        if kind is list and not (isinstance(value, str) or isinstance(value, list)
-                                 and all(isinstance(v, str) for v in value)):
-            problems.append(f"{name} must be a list of names (got {value!r})")
-            continue
-        if kind is str and not isinstance(value, str):
-            problems.append(f"{name} must be a string (got {value!r})")
-            continue
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            problems.append(f"{name} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}")
-        check = f.metadata.get("check")
-        if check and not check[0](value):
-            problems.append(f"{name} must be {check[1]} (got {value})")
-    return problems
-
-
-def validate(cfg: Any) -> None:
-    """Raise one HeedError listing every problem of ``cfg`` (a config with a ``validate`` method)."""
-    problems = cfg.validate()
-    if problems:
-        raise HeedError(*problems)
-
-
-# --- building from dictionaries, files and KEY=VALUE overrides ----------------------------------------
-
-
-def from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """A config of ``cls`` from a (nested) dictionary; unknown keys are refused, naming the source."""
-    if not isinstance(values, dict):
-        raise HeedError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        raise HeedError(f"{source}: unknown setting {', '.join(map(repr, unknown))} for {cls.__name__}; "
-                        f"known: {', '.join(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        kind, _ = field_type(cls, known[name])
-        if is_dataclass(kind) and value is not None:
-            value = from_dict(kind, value, f"{source}: {name}")
-        elif kind in (int, float) and isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-                value = kind(value)
-            except ValueError:
-                pass  # validate() names it
-        elif kind is list and isinstance(value, tuple):
-            value = list(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def load_file(path: str) -> dict[str, Any]:
-    """A run configuration file: YAML or JSON (a heed.json's ``config`` section is taken as is)."""
-    from pathlib import Path
-
-    from heed.io import read_text
-
-    text = read_text(path, what="--config")
-    if path.endswith(".json"):
-        from heed.io import parse_json
-
-        values = parse_json(text, path)
-    else:
-        import yaml
-
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            raise HeedError(f"{path}: {where}invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    if Path(path).name == "heed.json" and isinstance(values, dict) and "config" in values:
-        values = values["config"]
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise HeedError(f"{path}: expected a mapping of settings (data:, train:, ...), got {type(values).__name__}")
-    return values
-
-
-def parse_value(text: str, kind: type, name: str) -> Any:
-    """A command-line value for a field of type ``kind`` (``none`` for unset optional fields)."""
-    if text.lower() in ("none", "null", ""):
-        return None
-    try:
-        if kind is bool:
-            if text.lower() in ("true", "yes", "1", "on"):
-                return True
-            if text.lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-        raise HeedError(f"{name}={text}: expected {what}") from None
-    if kind is list:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        return items
-    return text
-
-
-def apply_override(cfg: Any, assignment: str) -> Any:
-    """``cfg`` with one ``dotted.name=value`` applied (a new object; ``cfg`` is left as it was)."""
-    key, sep, text = assignment.partition("=")
-    if not sep:
-        raise HeedError(f"{assignment!r}: overrides are written KEY=VALUE, e.g. train.lr=1e-4")
-    path = key.strip().split(".")
-    return _override(cfg, path, text, key)
-
-
-def _override(cfg: Any, path: list[str], text: str, key: str) -> Any:
-    known = {f.name: f for f in fields(cfg)}
-    name = path[0]
-    if name not in known:
-        raise HeedError(f"{key}: unknown setting {name!r}; known: {', '.join(known)}")
-    kind, _ = field_type(type(cfg), known[name])
-    if is_dataclass(kind):
-        if len(path) == 1:
-            raise HeedError(f"{key}: a section; set one of its fields, e.g. {key}.{fields(kind)[0].name}=...")
-        inner = getattr(cfg, name) or kind()
-        return replace(cfg, **{name: _override(inner, path[1:], text, key)})
-    if len(path) > 1:
-        raise HeedError(f"{key}: {name!r} has no fields")
-    value = parse_value(text, kind, key)
-    if name == "target_modules" and value == ["all-linear"]:
-        value = "all-linear"
-    return replace(cfg, **{name: value})
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in fields(cls):
-        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    return out

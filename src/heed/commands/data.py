@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from heed.commands.options import add_flags, configure
-from heed.config import DataConfig, validate
+from heed.commands.options import add_flags, validated
+from heed.config import DataConfig, InspectConfig
 from heed.errors import HeedError
 
 SPLIT_FIELDS = ("train_frac", "test_frac", "shuffle", "split_seed", "val_file", "test_file")
@@ -20,13 +20,13 @@ def data_flags(p: argparse.ArgumentParser, *, split: bool = True) -> None:
     add_flags(g, DataConfig, skip=() if split else SPLIT_FIELDS, required=("data",))
 
 
-def data_config(args: argparse.Namespace, model: str) -> DataConfig:
-    """The data flags as a validated config, template and max length resolved for ``model``."""
+def data_config(args: argparse.Namespace, model: str, *more: type) -> list[Any]:
+    """The data flags as a config, template and max length resolved for ``model``, then a config of each
+    of ``more``; all validated together, so that every problem is listed at once."""
     from heed.model import resolve_data
 
-    cfg = configure(DataConfig, args)
-    validate(cfg)
-    return resolve_data(cfg, model)
+    cfg, *rest = validated(args, DataConfig, *more)
+    return [resolve_data(cfg, model), *rest]
 
 
 def _use_color(choice: str) -> bool:
@@ -74,11 +74,12 @@ def inspect_record(cfg: DataConfig, model: str, index: int = 0) -> tuple[Any, An
 def cmd_inspect(args: argparse.Namespace) -> int:
     from heed.data.maskview import render
 
-    example, tokenizer, facts = inspect_record(data_config(args, args.model), args.model, args.index)
+    data, shown = data_config(args, args.model, InspectConfig)
+    example, tokenizer, facts = inspect_record(data, args.model, shown.index)
     if args.json:
         print(json.dumps(facts, ensure_ascii=False))
     else:
-        print(render(example, tokenizer, color=_use_color(args.color)))
+        print(render(example, tokenizer, color=_use_color(shown.color)))
         if "note" in facts:
             print(f"note: {facts['note']}")
     return 0
@@ -102,7 +103,8 @@ def check_data(cfg: DataConfig, model: str) -> tuple[Any, dict[str, int]]:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from heed.data.audit import render
 
-    result, turns = check_data(data_config(args, args.model), args.model)
+    (data,) = data_config(args, args.model)
+    result, turns = check_data(data, args.model)
     if args.json:
         print(json.dumps(result.to_dict() | ({"turns": turns} if turns else {}), ensure_ascii=False))
     else:
@@ -144,9 +146,9 @@ def register(sub: Any) -> None:
                        description="Show one formatted example, each token coloured by whether the loss sees it.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     data_flags(p, split=False)
-    p.add_argument("--index", type=int, default=0, help="record to show, counted from 0 (default 0)")
+    add_flags(p, InspectConfig, only=("index",))
     p.add_argument("--json", action="store_true", help="print {tokens, input_ids, labels, ...} as JSON")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    add_flags(p, InspectConfig, only=("color",))
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("data", help="data tools (data check)")

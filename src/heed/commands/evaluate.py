@@ -8,23 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from heed.commands.options import add_flags, validated
+from heed.config import JudgeConfig, TasksConfig
 from heed.errors import HeedError
 
 
 def cmd_tasks_make(args: argparse.Namespace) -> int:
-    from heed.data.tasks import FAMILIES, make_tasks
+    from heed.data.tasks import make_tasks
     from heed.io import write_json
 
-    families = [f.strip() for f in args.families.split(",")] if args.families else None
-    unknown = [f for f in families or [] if f not in FAMILIES]
-    if unknown:
-        raise HeedError(f"--families: unknown {', '.join(unknown)}; choose from: {', '.join(FAMILIES)}")
-    if args.n < 1:
-        raise HeedError(f"--n must be at least 1 (got {args.n})")
+    (cfg,) = validated(args, TasksConfig)
     try:
-        records = make_tasks(args.n, args.seed, families)
+        records = make_tasks(cfg.n, cfg.seed, cfg.families)
     except ValueError as e:
-        raise HeedError(f"--n {args.n}: {e}") from None
+        raise HeedError(f"--n {cfg.n}: {e}") from None
     write_json(args.out, records)
     print(f"wrote {len(records)} task records to {args.out}")
     return 0
@@ -54,11 +51,12 @@ def _load_responses(path: str) -> list[dict[str, Any]]:
     return records
 
 
-def _judge(args: argparse.Namespace) -> Any:
-    from heed.evaluate.judge import Judge, JudgeSpec
+def _judge_spec(args: argparse.Namespace) -> tuple[JudgeConfig, Any]:
+    """The judge settings, validated, and the judge they name, before any record is read or request sent."""
+    from heed.evaluate.judge import JudgeSpec
 
-    return Judge(JudgeSpec.parse(args.judge, args.url, timeout=args.timeout, retries=args.retries,
-                                 deadline=args.deadline))
+    (cfg,) = validated(args, JudgeConfig)
+    return cfg, JudgeSpec.parse(cfg.judge, cfg.url, timeout=cfg.timeout, retries=cfg.retries, deadline=cfg.deadline)
 
 
 def _resume(out: Path, key: dict[str, Any], total: int, fresh: bool) -> dict[int, dict[str, Any]]:
@@ -76,21 +74,23 @@ def _resume(out: Path, key: dict[str, Any], total: int, fresh: bool) -> dict[int
 
 def cmd_judge(args: argparse.Namespace) -> int:
     from heed.data.templates import get_template
+    from heed.evaluate.judge import Judge
     from heed.evaluate.judging import judge_records, raise_if_stopped, run_key
     from heed.evaluate.plot import plot_histogram
     from heed.io import write_json
     from heed.runtime.progress import progress
 
+    cfg, spec = _judge_spec(args)
     records = _load_responses(args.responses)
-    judge = _judge(args)
+    judge = Judge(spec)  # its --deadline counts from here
     source = Path(args.responses)
     stem = source.stem.removesuffix("-with-response")
     out = Path(args.out) if args.out else source.with_name(f"{stem}-judged.json")
-    key = run_key(judge.spec.identity(), args.template, records)
-    done = _resume(out, key, len(records), args.fresh)
+    key = run_key(judge.spec.identity(), cfg.template, records)
+    done = _resume(out, key, len(records), cfg.fresh)
     with progress(len(records), "judge", "record", initial=len(done)) as bar:
-        judged, summary = judge_records(records, get_template(args.template), judge.ask,
-                                        concurrency=args.concurrency, progress=bar.update, done=done)
+        judged, summary = judge_records(records, get_template(cfg.template), judge.ask,
+                                        concurrency=cfg.concurrency, progress=bar.update, done=done)
     if not any(r.get("judge_replies") for r in judged):  # the judge answered nothing: leave any earlier file alone
         raise_if_stopped(summary, None, "records")
     name = judge.spec.name
@@ -107,17 +107,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from heed.data.templates import get_template
+    from heed.evaluate.judge import Judge
     from heed.evaluate.judging import compare_records, raise_if_stopped, run_key
     from heed.io import write_json
     from heed.runtime.progress import progress
 
+    cfg, spec = _judge_spec(args)
     a, b = _load_responses(args.a), _load_responses(args.b)
-    judge = _judge(args)
+    judge = Judge(spec)  # its --deadline counts from here
     out = Path(args.out) if args.out else Path(args.a).with_name(f"{Path(args.a).stem}-vs-{Path(args.b).stem}.json")
-    key = run_key(judge.spec.identity(), args.template, a, b)
-    done = _resume(out, key, len(a), args.fresh) if len(a) == len(b) else {}
+    key = run_key(judge.spec.identity(), cfg.template, a, b)
+    done = _resume(out, key, len(a), cfg.fresh) if len(a) == len(b) else {}
     with progress(len(a), "compare", "pair", initial=len(done)) as bar:
-        rows, summary = compare_records(a, b, get_template(args.template), judge.ask, concurrency=args.concurrency,
+        rows, summary = compare_records(a, b, get_template(cfg.template), judge.ask, concurrency=cfg.concurrency,
                                         progress=bar.update, done=done)
     if not any(r.get("judge_replies") for r in rows):  # the judge answered nothing: leave any earlier file alone
         raise_if_stopped(summary, None, "pairs")
@@ -130,20 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--judge", default="ollama:llama3", help="ollama:MODEL (default ollama:llama3) or openai:MODEL")
-    p.add_argument("--url", help="server URL (Ollama default http://localhost:11434; for openai: the /v1 base URL; "
-                                 "http://USER:PASSWORD@HOST sends basic auth); "
-                                 "the API key comes from $HEED_JUDGE_API_KEY or $OPENAI_API_KEY")
-    p.add_argument("--template", default="alpaca", help="template used to show the task to the judge (alpaca)")
-    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (servers that batch: 4-8)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds for a whole request: connect, send and the full reply, streamed or not (120)")
-    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 5xx or malformed reply, "
-                                                          "with backoff (3)")
-    p.add_argument("--deadline", type=float, metavar="SECONDS",
-                   help="stop the whole run after this long, saving what was judged (default: no limit)")
-    p.add_argument("--fresh", action="store_true",
-                   help="judge every record again, even where the output file holds an unfinished run to resume")
+    add_flags(p, JudgeConfig)
     p.add_argument("--out", help="output file")
 
 
@@ -161,10 +150,9 @@ def register(sub: Any) -> None:
     p = tasks_sub.add_parser("make", help="write task records with checkable answers",
                              description="Write Alpaca-format records (plus a 'task' field) from 14 families "
                                          "whose answers can be verified exactly.")
-    p.add_argument("--n", type=int, default=1000, help="number of records (1000)")
-    p.add_argument("--seed", type=int, default=123, help="seed (123)")
+    add_flags(p, TasksConfig, only=("n", "seed"))
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--families", help="comma-separated subset of families")
+    add_flags(p, TasksConfig, only=("families",))
     p.set_defaults(func=cmd_tasks_make)
 
     p = sub.add_parser("score", help="exact match, ROUGE-L and per-family task accuracy of a responses file")

@@ -7,15 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heed.commands.options import add_flags, configure
-from heed.config import GenerateConfig, validate
+from heed.commands.options import add_flags, validated
+from heed.config import DataConfig, GenerateConfig, ModelConfig
 from heed.errors import HeedError
 
-
-def generate_config(args: argparse.Namespace) -> GenerateConfig:
-    cfg = configure(GenerateConfig, args)
-    validate(cfg)
-    return cfg
+# What ``heed generate`` reads of the data settings: the rest (splits, lengths) is about training.
+READ_FIELDS = ("fields", "skip_invalid")
 
 
 def saved_system(model: str) -> str | None:
@@ -24,10 +21,6 @@ def saved_system(model: str) -> str | None:
 
     system = read_meta(model).get("system")
     return system if isinstance(system, str) else None
-
-
-def load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    return load_generator(args.model, args.template, args.device)
 
 
 def load_generator(spec: str, template: str | None = None, device: str = "auto") -> tuple[Any, Any, Any]:
@@ -49,16 +42,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from heed.io import write_json
     from heed.runtime.progress import progress
 
-    cfg = generate_config(args)
+    chosen, cfg, data = validated(args, ModelConfig, GenerateConfig, DataConfig)
     if bool(args.data) == bool(args.instruction):
         raise HeedError("heed generate needs either --data FILE or --instruction TEXT")
     from heed.data import with_system
 
-    records = (read_records(args.data, FieldMap.parse(args.fields), require_output=False,
-                            skip_invalid=args.skip_invalid) if args.data
+    records = (read_records(args.data, FieldMap.parse(data.fields), require_output=False,
+                            skip_invalid=data.skip_invalid) if args.data
                else [Record(0, args.instruction, args.input or "", None, {})])
-    with_system(records, saved_system(args.model))
-    model, tokenizer, template = load_for_generation(args)
+    with_system(records, saved_system(chosen.model))
+    model, tokenizer, template = load_generator(chosen.model, chosen.template, chosen.device)
     stats: dict[str, float] = {}
     if args.instruction:
         print(generate_responses(model, tokenizer, template, records, cfg, stats=stats)[0])
@@ -87,10 +80,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from heed.data.records import Record
     from heed.generate import generate_responses
 
-    cfg = generate_config(args)
-    model, tokenizer, template = load_for_generation(args)
-    system = saved_system(args.model)
-    print(f"heed chat with {args.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)
+    chosen, cfg = validated(args, ModelConfig, GenerateConfig)
+    model, tokenizer, template = load_generator(chosen.model, chosen.template, chosen.device)
+    system = saved_system(chosen.model)
+    print(f"heed chat with {chosen.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)
     while True:
         try:
             line = input("> ")
@@ -104,9 +97,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a model directory (heed-trained: its template is used)")
-    p.add_argument("--template", help="override the template (default: the model's heed.json, else alpaca)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_flags(p, ModelConfig, required=("model",))
     add_flags(p, GenerateConfig)
 
 
@@ -115,8 +106,7 @@ def register(sub: Any) -> None:
                        description="Write <data>-with-response.json (records + model_response), or print one answer.")
     _model_flags(p)
     p.add_argument("--data", metavar="FILE", help="records to answer (instruction, optional input)")
-    p.add_argument("--fields", metavar="MAP", help="column names, as for heed train")
-    p.add_argument("--skip-invalid", action="store_true", help="drop invalid records instead of refusing the file")
+    add_flags(p, DataConfig, only=READ_FIELDS)
     p.add_argument("--out", metavar="FILE", help="where to write (default: <data>-with-response.json beside it)")
     p.add_argument("--instruction", help="answer this one instruction and print the response")
     p.add_argument("--input", help="optional input for --instruction")

@@ -12,14 +12,14 @@ import argparse
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
-from heed.config import field_type, flag_name
+from heed.config import choices_of, field_type, flag_name, shown_default, validate
 from heed.errors import HeedError
 
 
 def _default_note(f: Any) -> str:
-    if f.default is None or isinstance(f.default, bool):
-        return ""
-    return f" (default: {f.default})"
+    """The one place a flag's help states its default (``opt`` refuses a help text that states it too)."""
+    default = shown_default(f.default)
+    return "" if default is None else f" (default: {default})"
 
 
 def dest(cls: type, name: str) -> str:
@@ -44,9 +44,11 @@ def add_flags(parser: Any, cls: type, *, only: tuple[str, ...] | None = None, sk
             parser.add_argument(flag_name(f), dest=dest(cls, f.name), action=action, default=argparse.SUPPRESS, help=help_text)
             continue
         parse = {int: int, float: float}.get(kind, str)
+        choices, metavar = meta.get("choices"), meta.get("metavar") or f.name.upper()
+        if callable(choices):  # names from a later stage (templates): shown here, checked by validate()
+            choices, metavar = None, "{" + ",".join(choices_of(f) or ()) + "}"
         parser.add_argument(flag_name(f), dest=dest(cls, f.name), type=parse, default=argparse.SUPPRESS,
-                            choices=meta.get("choices"),
-                            metavar=None if meta.get("choices") else meta.get("metavar") or f.name.upper(),
+                            choices=choices, metavar=None if choices else metavar,
                             required=f.name in required, help=help_text + _default_note(f))
 
 
@@ -74,6 +76,13 @@ def configure(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
             value = "all-linear" if items == ["all-linear"] else items
         changes[f.name] = value
     return replace(cfg, **changes)
+
+
+def validated(args: argparse.Namespace, *classes: type) -> list[Any]:
+    """A config of each of ``classes`` from its flags, every problem of all of them raised at once."""
+    cfgs = [configure(cls, args) for cls in classes]
+    validate(*cfgs)
+    return cfgs
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
