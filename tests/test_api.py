@@ -71,3 +71,20 @@ def test_load_records_from_a_list_of_dicts_names_the_problems():
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         heed.nope  # noqa: B018
+
+
+def test_respond_leaves_the_callers_records_as_they_were(tmp_path, monkeypatch):
+    import heed.generate
+    from heed.data.records import Record
+    from heed.model import gpt2_tokenizer, load_model, save_model
+
+    save_model(load_model("random:gpt2-tiny"), gpt2_tokenizer(), tmp_path / "m",
+               {"template": "alpaca", "system": "Answer briefly."})
+    seen = []
+    monkeypatch.setattr(heed.generate, "generate_responses",
+                        lambda model, tok, template, records, cfg: seen.extend(records) or [""] * len(records))
+    mine = [Record(0, "Add 2 and 3.", "", None, {}), Record(1, "Name a colour.", "", None, {})]
+    assert heed.respond(str(tmp_path / "m"), mine) == ["", ""]
+    assert [r.system for r in seen] == ["Answer briefly.", "Answer briefly."]  # the model's own system prompt
+    assert [r.system for r in mine] == [None, None]  # on copies: the caller's records are unchanged
+    assert [r.instruction for r in seen] == [r.instruction for r in mine]

@@ -114,6 +114,23 @@ def test_streams_carry_the_same_text(server):
         assert streamed == (whole[key]["content"] if key == "message" else whole[key])
 
 
+def test_bodies_are_read_as_json_whatever_their_content_type(server):
+    # curl -d sends application/x-www-form-urlencoded, as in Ollama's own examples; Ollama reads it as JSON
+    for kind in ("application/x-www-form-urlencoded", "text/plain; charset=utf-8", "application/octet-stream"):
+        code, _, text = request(server, "POST", "/api/generate", {"model": "x", "prompt": "hi", "stream": False},
+                                headers={"Content-Type": kind})
+        assert code == 200 and json.loads(text)["done"], (kind, text)
+        code, _, text = request(server, "POST", "/v1/completions", {"prompt": "hi"}, headers={"Content-Type": kind})
+        assert code == 200 and json.loads(text)["choices"][0]["finish_reason"], (kind, text)
+    code, kind, text = request(server, "POST", "/api/generate", {"model": "x", "prompt": "hi"},  # streamed
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert code == 200 and kind.startswith("application/x-ndjson") and json.loads(text.splitlines()[-1])["done"]
+    code, kind, text = request(server, "POST", "/api/generate", raw=b"model=x&prompt=hi",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert code == 400 and kind.startswith("application/json")
+    assert json.loads(text)["error"] == "the request body is not valid JSON"
+
+
 def test_model_lists(server):
     code, _, text = request(server, "GET", "/v1/models")
     assert code == 200 and [m["id"] for m in json.loads(text)["data"]] == ["tiny"]
@@ -229,3 +246,84 @@ def test_cli_serve_refuses_bad_settings(capsys):
     assert main(["serve", "--model", "random:gpt2-tiny", "--max-batch", "0", "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert "--max-batch must be at least 1" in err and "--port must be between 0 and 65535" in err
+
+
+def streamed(server, path: str, body: dict) -> list[str]:
+    """The text pieces of a streamed reply, in order (empty ones left out)."""
+    code, kind, text = request(server, "POST", path, body | {"stream": True})
+    assert code == 200, text
+    if path.startswith("/v1/"):
+        assert kind.startswith("text/event-stream")
+        events = [e[len("data: "):] for e in text.split("\n\n") if e]
+        assert events[-1] == "[DONE]"
+        choices = [json.loads(e)["choices"][0] for e in events[:-1]]
+        pieces = [c["delta"].get("content", "") if "delta" in c else c["text"] for c in choices]
+    else:
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["done"] for line in lines] == [False] * (len(lines) - 1) + [True]
+        pieces = [line["message"]["content"] if "message" in line else line["response"] for line in lines]
+    return [p for p in pieces if p]
+
+
+def whole(server, path: str, body: dict) -> str:
+    reply = json.loads(request(server, "POST", path, body | {"stream": False})[2])
+    if path.startswith("/v1/"):
+        choice = reply["choices"][0]
+        return choice["message"]["content"] if "message" in choice else choice["text"]
+    return reply["message"]["content"] if "message" in reply else reply["response"]
+
+
+STREAMS = [("/v1/completions", {"prompt": "Hello"}, "stop"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[1]}]}, "stop"),
+           ("/api/generate", {"prompt": PROMPTS[0]}, "options"),
+           ("/api/chat", {"messages": [{"role": "user", "content": PROMPTS[2]}]}, "options")]
+
+
+@pytest.mark.parametrize("path,body,stop_at", STREAMS)
+def test_streams_send_the_text_as_it_is_decoded(judge_server, path, body, stop_at):
+    server = judge_server  # 32 new tokens: a greedy tiny random model repeats a few tokens, never EOS
+    answer = whole(server, path, body)
+    pieces = streamed(server, path, body)
+    assert len(pieces) > 1 and "".join(pieces) == answer  # a piece per token or so, joining to the answer
+    assert not any(marker in p for p in pieces for marker in ("###", "Instruction", "Response:"))
+    # A stop string from the middle of the answer: the stream ends where the answer is cut, the stop not sent.
+    middle = len(answer) // 2
+    stop = answer[middle:middle + 3]
+    asks = body | ({"stop": [stop]} if stop_at == "stop" else {"options": {"stop": [stop]}})
+    cut = whole(server, path, asks)
+    before = answer[:answer.find(stop)]
+    assert cut == (before if path == "/v1/completions" else before.strip())  # a raw prompt's text is not stripped
+    pieces = streamed(server, path, asks)
+    assert "".join(pieces) == cut and not any(stop in p for p in pieces)
+
+
+def test_the_worker_hands_each_steps_tokens_over_before_the_answer(server):
+    from heed.serve.batcher import Job
+
+    seen: list[tuple[list[int], bool]] = []
+    job = Job(server.service.tokenizer("Hello")["input_ids"], 8)
+    job.on_tokens = lambda ids: seen.append((ids, job.result.done()))
+    ids, _ = server.service.batcher.submit(job).result(timeout=60)
+    handed = [t for step, _ in seen for t in step]
+    assert handed == ids[:len(handed)] and len(handed) >= len(ids) - 1  # the last may come with the answer only
+    assert len(seen) == len(handed) > 1 and not any(done for _, done in seen)  # one step at a time, while decoding
+
+
+def test_concurrent_streams_are_batched_and_answered_as_alone(judge_server):
+    server = judge_server
+    prompts = [f"Spell {i}." for i in range(6)]
+    single = {p: whole(server, "/api/generate", {"prompt": p}) for p in prompts}
+    answers: dict[str, str] = {}
+
+    def ask(p: str, stream: bool) -> None:
+        body = {"prompt": p}
+        answers[p] = "".join(streamed(server, "/api/generate", body)) if stream else whole(server, "/api/generate", body)
+
+    before = server.service.batcher.batches
+    threads = [threading.Thread(target=ask, args=(p, i % 2 == 0)) for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == single
+    assert server.service.batcher.batches - before < len(prompts)  # streamed and not, decoded together

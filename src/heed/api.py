@@ -61,9 +61,11 @@ def finetune(run: RunConfig, *, log: Callable[[str], None] | None = None) -> Any
 def respond(model: str, records: Any, config: GenerateConfig | None = None, *, template: str | None = None,
              device: str = "auto") -> list[str]:
     """Responses of ``model`` to ``records`` (anything ``load_records`` takes, or ``Record``s), formatted with
-    the model's own template and system prompt (heed.json) unless ``template`` is given."""
+    the model's own template and system prompt (heed.json) unless ``template`` is given. The records passed
+    are left as they were: the saved system prompt goes on copies."""
+    from dataclasses import replace
+
     from heed.commands.generate import load_generator, saved_system
-    from heed.data import with_system
     from heed.data.records import Record
     from heed.generate import generate_responses
 
@@ -71,10 +73,10 @@ def respond(model: str, records: Any, config: GenerateConfig | None = None, *, t
     validate(config)
     if not (isinstance(records, (list, tuple)) and records and all(isinstance(r, Record) for r in records)):
         records = load_records(records, require_output=False)
-    if all(r.system is None for r in records):
-        with_system(list(records), saved_system(model))
+    system = saved_system(model) if all(r.system is None for r in records) else None
+    records = [replace(r, system=system) for r in records] if system is not None else list(records)
     loaded, tokenizer, chosen = load_generator(model, template, device)
-    return generate_responses(loaded, tokenizer, chosen, list(records), config)
+    return generate_responses(loaded, tokenizer, chosen, records, config)
 
 
 def score(records: Sequence[Any], responses: Sequence[str] | None = None) -> Any:

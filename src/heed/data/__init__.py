@@ -9,8 +9,9 @@ from heed.errors import HeedError
 
 
 def with_system(records: list[Record], system: str | None) -> list[Record]:
-    """``records`` with ``--system`` set on the instruction records (a conversation keeps its own system turn,
-    or takes ``system`` when it has none)."""
+    """``records`` with ``--system`` set, in place: for records heed has just read itself (the commands, the
+    training loop). A conversation keeps its own system turn, or takes ``system`` when it has none. Records
+    that came from a caller (``heed.respond``) get copies instead: the API does not change its inputs."""
     if system is not None:
         for record in records:
             record.system = system

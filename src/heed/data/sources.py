@@ -9,10 +9,12 @@ row by row (Parquet, CSV) or memory-mapped (Arrow), so each row becomes a Python
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from heed.data.records import FieldMap, Record, check_records, load_records
 from heed.errors import HeedError
@@ -72,9 +74,20 @@ def _open_file(path: Path) -> Iterable[Any]:
     try:
         if kind == "arrow":
             return datasets.Dataset.from_file(str(path))  # memory-mapped, read in place
-        return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)
+        return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True,
+                                     **(_csv_as_text(path) if kind == "csv" else {}))
     except Exception as e:  # a corrupt or mislabelled file: the reader's first line says why
         raise HeedError(f"{path}: cannot read it as {kind}: {_first_line(e)}") from None
+
+
+def _csv_as_text(path: Path) -> dict[str, Any]:
+    """The CSV reader's options that keep every cell the text it is: pandas would make a column of numbers
+    ints (``'output' must be a string, found int``), drop leading zeros, and read empty cells and words
+    such as ``NA``, ``N/A`` or ``null`` as missing. A converter per column (by position, as the header
+    counts them) keeps each cell a string; an empty cell is ``""``."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        columns = len(next(csv.reader(f), []))
+    return {"converters": {i: str for i in range(columns)}, "keep_default_na": False}
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -93,27 +106,51 @@ def _open_saved(path: Path, split: str) -> Iterable[Any]:
 
 def _open_hub(name: str, split: str, config: str | None) -> Iterable[Any]:
     """A hub dataset from the local Hugging Face cache only; a dataset not cached is one line saying how to get it."""
-    datasets = _datasets(name)
+    datasets = _datasets(name)  # imported first: _offline() switches the flags it read on import
     hint = (f"--data {name}: not a file, and not found in the local Hugging Face datasets cache; on a machine "
             f"with internet run `python -c \"import datasets; datasets.load_dataset('{name}')\"` (or "
             f"`hf download {name} --repo-type dataset --local-dir DIR` and pass --data DIR/FILE)")
-    old = os.environ.get("HF_DATASETS_OFFLINE"), os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        loaded = datasets.load_dataset(name, config)
+        with _offline(datasets):
+            loaded = datasets.load_dataset(name, config)
     except ValueError as e:  # a missing or wrong configuration name
         if "config" not in str(e).lower():
             raise HeedError(hint) from None
         raise HeedError(f"--data {name}: {_first_line(e)} (choose one with --data-config)") from None
     except Exception:  # not cached: ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
         raise HeedError(hint) from None
+    return _pick_split(name, loaded, split)
+
+
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """Hub lookups answered from the local cache only, for the duration of the block; everything is set back
+    after. ``datasets`` and ``huggingface_hub`` read HF_HUB_OFFLINE once, on import, into module constants
+    that they consult on every request; setting the variable later changes nothing (heed then tried the
+    network, with retries, for half a minute). So the constants are switched, and the variables too, for
+    anything that reads them later (a worker process)."""
+    from huggingface_hub import constants as hub
+
+    flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"), (hub, "HF_HUB_OFFLINE")]
+    flags = [(module, key) for module, key in flags if hasattr(module, key)]
+    saved_flags = [getattr(module, key) for module, key in flags]
+    saved_env = {key: os.environ.get(key) for key in OFFLINE_ENV}
+    for module, key in flags:
+        setattr(module, key, True)
+    os.environ.update({key: "1" for key in OFFLINE_ENV})
+    try:
+        yield
     finally:
-        for key, value in zip(("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"), old):
+        for (module, key), value in zip(flags, saved_flags):
+            setattr(module, key, value)
+        for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return _pick_split(name, loaded, split)
 
 
 def _pick_split(name: str, loaded: Any, split: str) -> Iterable[Any]:

@@ -1,6 +1,7 @@
 """Stage: serving. A trained model behind OpenAI- and Ollama-compatible HTTP endpoints, concurrent
-requests decoded together in batches (``batcher``), requests read and bounded (``requests``), the
-routes (``app``). Needs ``pip install 'heed[serve]'`` (Starlette and Uvicorn)."""
+requests decoded together in batches (``batcher``), requests read and bounded (``requests``), answers
+streamed as they are decoded (``stream``), the routes (``app``). Needs ``pip install 'heed[serve]'``
+(Starlette and Uvicorn)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 together as one ``generate_ids`` batch (up to ``max_batch``; requests with the same sampling settings).
 
 A row's tokens do not depend on what else is in its batch (left padding, positions counted per row),
-so batching changes latency and throughput, never the answer of a greedy request.
+so batching changes latency and throughput, never the answer of a greedy request. A streamed request is
+handed its new tokens after every decoding step (``Job.on_tokens``), still decoded in the batch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,6 +38,9 @@ class Job:
     max_new_tokens: int
     sampling: Sampling = Sampling()
     result: Future = field(default_factory=Future)  # new token ids (EOS not included) and whether EOS ended it
+    # Streaming: called from the worker thread with each step's new token ids (EOS not included), in order,
+    # all before ``result`` is set. The last token or tokens of an answer may come with the result only.
+    on_tokens: Callable[[list[int]], None] | None = None
 
 
 class QueueFull(Exception):
@@ -110,10 +114,12 @@ class Batcher:
             cfg = replace(self.gen, max_new_tokens=max(j.max_new_tokens for j in batch), temperature=s.temperature,
                           top_k=s.top_k, top_p=s.top_p, seed=s.seed)
             generator = torch.Generator(device=device).manual_seed(s.seed) if s.temperature > 0 else None
+            streams = any(j.on_tokens is not None for j in batch)
+            tapped = Tap(decoder, batch, self.eos) if streams else decoder
             try:
                 with autocast(precision, device):
                     new = generate_ids(self.model, [j.prompt for j in batch], pad_id=self.pad, eos=self.eos, cfg=cfg,
-                                       generator=generator, decoder=decoder)
+                                       generator=generator, decoder=tapped)
             except Exception as e:  # noqa: BLE001 - a failed batch answers its requests, the server lives on
                 for j in batch:
                     j.result.set_exception(e if isinstance(e, HeedError) else HeedError(f"generation failed: {e}"))
@@ -127,3 +133,36 @@ class Batcher:
                 if len(ids) >= j.max_new_tokens:
                     ids, stopped = ids[:j.max_new_tokens], False
                 j.result.set_result((ids, stopped))
+
+
+class Tap:
+    """The batch's decoder, handing each decoding step's tokens to the jobs that stream.
+
+    ``generate_ids`` passes ``step`` the token each row has just chosen (padding once the row has finished)
+    before decoding the next, so the tokens reach a client while the rest are still being decoded. The
+    token of the step the loop ends on is not passed; it comes with the result. Reading the tokens costs a
+    host sync per step, which is why only a batch holding a streamed request is tapped.
+    """
+
+    def __init__(self, decoder: Any, jobs: list[Job], eos: int):
+        self.decoder, self.jobs, self.eos = decoder, jobs, eos
+        self.open = [j.on_tokens is not None for j in jobs]
+        self.sent = [0] * len(jobs)
+
+    def __getattr__(self, name: str) -> Any:  # running, prefill, static_steps: the decoder's own
+        return getattr(self.decoder, name)
+
+    def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        for row, t in enumerate(token[:, 0].tolist()):  # (B,)
+            job = self.jobs[row]
+            if not self.open[row]:
+                continue
+            if t == self.eos or self.sent[row] >= job.max_new_tokens:  # past its own limit: a neighbour's steps
+                self.open[row] = False
+                continue
+            self.sent[row] += 1
+            try:
+                job.on_tokens([t])  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - a client gone (its event loop closed) must not fail the batch
+                self.open[row] = False
+        return self.decoder.step(token, positions)
