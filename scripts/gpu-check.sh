@@ -5,6 +5,11 @@
 # ablations that decide the per-device defaults (heed's head vs torch's linear_cross_entropy,
 # FlexAttention vs a dense mask for packed rows). Every row reaches the results file as soon as it is
 # measured; each model has 5 minutes (--time-limit 300), so a slow piece costs only the rows after it.
+# On CUDA the bench measures the rows the targets below are read against first (TARGET_ROWS in
+# src/heed/commands/bench_config.py): the reference loop and the fast path at batch 8, the token-budget
+# step, the Trainer peer, compiled generation at batch 1 and 64, the head ablation, the compiled
+# token-budget step; the rest (packing at batch 8, the reference generation: 64 prompts one at a time
+# without a KV cache, the other caches and ablations) comes after them.
 #
 #   scripts/gpu-check.sh [DATA] [RESULTS]
 #     DATA     instruction records (default: ../shared/data/instruction-data.json, else built-in tasks)
@@ -38,8 +43,9 @@ fi
 status=0
 for MODEL in random:gpt2-medium gemma-3-270m; do
   echo "gpu-check: $MODEL ..." >&2
-  # batch 8 (the original recipe) and the token-budget step (>= 8K tokens, 1,024-token rows),
-  # the Trainer peer row at batch 8, generation at batch 1 and 64 (128 new tokens), then the ablations.
+  # batch 8 (the original recipe) and the token-budget step (>= 8K tokens, 1,024-token rows), the
+  # Trainer peer row at batch 8, generation at batch 1 and 64 (128 new tokens), the ablations; the
+  # target rows first (above).
   "$PY" -m heed bench --model "$MODEL" ${DATA:+--data "$DATA"} --device cuda --batch-size 8 --steps 10 \
       --pack-length 1024 --tokens-per-step 8192 --gen-prompts 64 --gen-tokens 128 --ablation \
       --time-limit 300 --out "$RESULTS" || status=$?

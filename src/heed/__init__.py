@@ -10,7 +10,7 @@ training → generation → evaluation. As a library (``heed.api``, loaded on fi
     heed.respond("runs/heed", [{"instruction": "Add 2 and 3."}])
 """
 
-__version__ = "0.1.0"
+from heed._version import __version__
 
 _API = ("load_records", "inspect", "audit", "finetune", "respond", "score")
 _CONFIG = ("DataConfig", "TrainConfig", "LoraConfig", "GenerateConfig", "RunConfig")

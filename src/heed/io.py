@@ -130,12 +130,18 @@ def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
         raise HeedError(f"{what} {path}: cannot read it ({e.strerror or type(e).__name__})") from None
 
 
+def invalid_json(source: str | os.PathLike, error: json.JSONDecodeError) -> str:
+    """The one line for a JSON syntax error, wherever heed reads JSON:
+    ``data.json: line 3, column 23: invalid JSON: Expecting ',' delimiter``."""
+    return f"{source}: line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}"
+
+
 def parse_json(text: str, source: str | os.PathLike) -> Any:
-    """One JSON document; a syntax error is one line with its line and column."""
+    """One JSON document; a syntax error is one line with its line and column (``invalid_json``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise HeedError(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+        raise HeedError(invalid_json(source, e)) from None
     except (ValueError, RecursionError) as e:  # nesting too deep, integers too long
         raise HeedError(f"{source}: invalid JSON: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

@@ -21,8 +21,8 @@ from heed.evaluate.metrics import Scores, score
 from heed.io import write_json, write_text
 
 
-# Optimizer steps of the demo on a CPU without bf16 (fp32): what fits make demo's 10 minutes on a 2-core
-# AVX2 CPU. The full recipe (2 epochs, 298 steps) reaches 92-94% held-out but takes ~3x as long there.
+# Optimizer steps of the demo on a CPU without bf16 (fp32): sized so that make demo fits its time budget
+# on a 2-core CPU of that kind (README, BENCHMARKS.md); the full recipe is --steps 298 (2 epochs).
 FP32_STEPS = 90
 
 
@@ -38,9 +38,9 @@ class DemoConfig:
     lora: bool = opt(True, "full finetuning instead of LoRA", flag="--full")
     lr: float = opt(1e-3, "learning rate (LoRA)", cli=False)
     epochs: int = opt(2, "training epochs", check=at_least(1))
-    steps: int | None = opt(None, "optimizer steps (default: --epochs where bf16 hardware trains, i.e. AMX CPUs "
-                            f"and GPUs; {FP32_STEPS} steps of length-grouped batches on other CPUs, which keeps "
-                            "make demo near 10 minutes on 2 AVX2 cores at a lower accuracy)", check=at_least(1))
+    steps: int | None = opt(None, "optimizer steps (unset: --epochs where bf16 hardware trains, i.e. AMX CPUs "
+                            f"and GPUs; {FP32_STEPS} steps of length-grouped batches on other CPUs, a shorter run "
+                            "at a lower accuracy)", check=at_least(1))
     batch_size: int = opt(8, "examples per step", cli=False)
     max_new_tokens: int | None = opt(None, "new tokens per answer at most (default: the longest training answer "
                                      "and the template's stop marker)", check=at_least(1), cli=False)

@@ -15,17 +15,34 @@ Labels here are aligned with ``input_ids`` (label i is token i); the one shift h
 Text from records is plain text: ``<|endoftext|>`` or ``<start_of_turn>`` typed into a record is encoded
 as the characters it is made of, never as the control token. The only control tokens in an example are
 the ones heed places: the BOS, the EOS after the response, and the markers a template writes itself.
+
+Beside it: ``plain_text`` (record text as plain text; control tokens, BOS and EOS ids) and ``segments``
+(a conversation's turns as ids, through heed's templates or the tokenizer's chat template).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+from heed.data.plain_text import (
+    control_ids,
+    control_strings,
+    eos_id,
+    fencer,
+    plain_ids,
+    rendered_ids,
+    special_prefix,
+    with_prefix,
+)
 from heed.data.records import Record
+from heed.data.segments import conversation_segments
 from heed.data.templates import Template
 from heed.errors import HeedError
+
+__all__ = ["IGNORE_INDEX", "OVERLONG_POLICIES", "EncodeReport", "Example", "build_conversation_example",
+           "build_example", "control_ids", "control_strings", "conversation_segments", "encode_records", "eos_id",
+           "plain_ids", "prompt_ids", "record_prompt_ids", "special_prefix"]
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("drop", "truncate", "error")
@@ -82,65 +99,6 @@ class EncodeReport:
         }
 
 
-def special_prefix(tokenizer: Any) -> list[int]:
-    """The ids a tokenizer puts before text on its own (a BOS for Gemma/Llama, nothing for GPT-2)."""
-    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-    for start in range(len(with_special) - len(plain) + 1):
-        if with_special[start:start + len(plain)] == plain:
-            return with_special[:start]
-    return []
-
-
-def eos_id(tokenizer: Any) -> int:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise HeedError("the tokenizer has no end-of-text token (eos_token); set one in its tokenizer_config.json")
-    return int(eos)
-
-
-def control_ids(tokenizer: Any) -> set[int]:
-    """Ids of the tokenizer's control tokens (its special tokens: BOS, EOS, turn markers, ...).
-
-    The unknown token is not one (plain text the vocabulary lacks becomes it), unless it doubles as
-    BOS, EOS or padding, as GPT-2's ``<|endoftext|>`` does.
-    """
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
-    if tokenizer.unk_token_id not in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        ids.discard(tokenizer.unk_token_id)
-    return ids
-
-
-def plain_ids(texts: Iterable[str], tokenizer: Any) -> list[list[int]]:
-    """Token ids of data text as plain text: a control token's string in it is just characters.
-
-    >>> plain_ids(["a<|endoftext|>"], gpt2)    # not [64, 50256]
-    [[64, 27, 91, 437, 1659, 5239, 91, 29]]
-    """
-    texts = list(texts)
-    if not texts:
-        return []
-    try:
-        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    except (TypeError, ValueError, NotImplementedError):  # a tokenizer without the option (mistral-common)
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    control = control_ids(tokenizer)
-    for ids in encoded:
-        found = control.intersection(ids)
-        if found:  # the tokenizer ignored split_special_tokens: refuse rather than train on a control token
-            token = tokenizer.convert_ids_to_tokens(min(found))
-            raise HeedError(f"the data holds the text {token!r}, which this tokenizer ({type(tokenizer).__name__}) "
-                            "cannot encode as plain text; remove it from the records")
-    return [list(ids) for ids in encoded]
-
-
-def _with_prefix(ids: list[int], prefix: list[int]) -> list[int]:
-    if prefix and ids[: len(prefix)] == prefix:  # a chat template renders its own BOS
-        return list(ids)
-    return prefix + list(ids)
-
-
 def prompt_ids(prompts: Sequence[str], tokenizer: Any, template: Template) -> list[list[int]]:
     """Token ids of prompt texts heed wrote itself (control tokens in them count), BOS exactly once.
 
@@ -148,7 +106,7 @@ def prompt_ids(prompts: Sequence[str], tokenizer: Any, template: Template) -> li
     """
     prefix = special_prefix(tokenizer)
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
-    return [_with_prefix(ids, prefix) for ids in encoded]
+    return [with_prefix(ids, prefix) for ids in encoded]
 
 
 def record_prompt_ids(records: Sequence[Record], tokenizer: Any, template: Template) -> list[list[int]]:
@@ -182,7 +140,7 @@ def record_prompt_ids(records: Sequence[Record], tokenizer: Any, template: Templ
     for i, ids in zip(clean, prompt_ids(rendered, tokenizer, template)):
         out[i] = ids
     for i in sorted(hostile):
-        out[i] = _with_prefix(_fenced_ids(records[i], tokenizer, template, strings), prefix)
+        out[i] = with_prefix(_fenced_ids(records[i], tokenizer, template, strings), prefix)
     return out
 
 
@@ -205,113 +163,31 @@ def _fenced_ids(record: Record, tokenizer: Any, template: Template, strings: lis
     characters, then encode the text outside the fences normally (the template's own markers stay
     control tokens) and the fenced strings as plain text."""
     text = record.instruction + record.input + (record.system or "")
-    fence, start, end = _fencer(text, tokenizer, strings)
+    fence, start, end = fencer(text, tokenizer, strings)
     if fence is None:  # the tokenizer found a control token that is not written out (a normalized added token)
         raise HeedError(f"record {record.index}: its text turns into a control token of this tokenizer "
                         f"({type(tokenizer).__name__}) that heed cannot keep out; remove it from the record")
     system = None if record.system is None else fence(record.system)
     rendered = template.prompt(fence(record.instruction), fence(record.input), tokenizer, system)
-    return _rendered_ids(rendered, tokenizer, start, end, first=True)
+    return rendered_ids(rendered, tokenizer, start, end, first=True)
 
 
-def _fencer(text: str, tokenizer: Any, strings: list[str]) -> tuple[Any, str, str]:
-    """``fence(value)``: each control-token string of ``value`` put between two fence characters (private-use
-    characters absent from ``text`` and the chat template); None when ``text`` holds no such string."""
-    avoid = text + str(getattr(tokenizer, "chat_template", None) or "")
-    start, end = next((chr(c), chr(c + 1)) for c in range(0xF0000, 0xFFFFD, 2)  # private-use characters
-                      if chr(c) not in avoid and chr(c + 1) not in avoid)
-    present = sorted((s for s in strings if s and s in text), key=len, reverse=True)
-    if not present:
-        return None, start, end
-    pattern = re.compile("|".join(map(re.escape, present)))
-    return (lambda value: pattern.sub(lambda m: start + m.group(0) + end, value)), start, end
+def build_example(
+    index: int, prompt: list[int], response: list[int], *, train_on_prompt: bool = False,
+    truncated: bool = False,
+) -> Example:
+    """Concatenate ids and build labels by position. ``response`` already ends with EOS if it should.
 
-
-def _rendered_ids(rendered: str, tokenizer: Any, start: str, end: str, *, first: bool) -> list[int]:
-    """Ids of text rendered with fenced values: outside the fences normally (a template's markers stay
-    control tokens), the fenced strings as plain text."""
-    # [outside, fenced, outside, fenced, ..., outside]; a lone fence (the template cut a pair apart)
-    # gives None as its fenced piece but still splits, so the text either side cannot join into a token.
-    pieces = re.split(f"{start}(.*?){end}|[{start}{end}]", rendered, flags=re.DOTALL)
-    ids: list[int] = []
-    for n, piece in enumerate(pieces):
-        if piece:
-            ids += _piece_ids(piece, tokenizer, plain=n % 2 == 1, first=first and not ids)
-    return ids
-
-
-# ---------------------------------------------------------------------------------------------------
-# Conversations: segments of ids, each a prompt (system/user turn and markers) or an assistant reply.
-
-
-def conversation_segments(
-    record: Record, template: Template, tokenizer: Any, known: tuple[list[str], list[int]] | None = None,
-) -> list[tuple[bool, list[int]]]:
-    """``[(is_reply, ids)]`` of a conversation record in order, BOS once at the start.
-
-    With heed's templates every reply ends with EOS and the next user turn follows it (``turn_prompt``);
-    with ``chat`` a reply is what the tokenizer's chat template writes for it (content and its end-of-turn
-    marker, whitespace after the marker going to the next turn) and the last reply ends with EOS.
-    The records' text stays plain text, as in ``record_prompt_ids``. ``known``: the tokenizer's
-    ``(control_strings(tokenizer), special_prefix(tokenizer))``, when the caller has them already.
+    >>> build_example(0, [10, 11, 12], [20, 50256]).labels
+    [-100, -100, -100, 20, 50256]
+    >>> build_example(0, [10, 11, 12], [20, 50256], train_on_prompt=True).labels
+    [10, 11, 12, 20, 50256]
     """
-    strings, prefix = known or (control_strings(tokenizer), special_prefix(tokenizer))
-    turns = record.turns or []
-    text = "".join(content for _, content in turns) + (record.system or "")
-    fence, start, end = _fencer(text, tokenizer, strings)
-    fence = fence or (lambda value: value)
-    if template.uses_tokenizer:
-        texts = _chat_texts(record, template, tokenizer, fence)
-    else:
-        texts = _turn_texts(record, template, fence)
-    eos = eos_id(tokenizer)
-    segments: list[tuple[bool, list[int]]] = []
-    for n, (reply, rendered) in enumerate(texts):
-        ids = _rendered_ids(rendered, tokenizer, start, end, first=n == 0 or reply)
-        if reply and (not template.uses_tokenizer or n == len(texts) - 1) and ids[-1:] != [eos]:
-            ids.append(eos)
-        segments.append((reply, ids))
-    segments[0] = (segments[0][0], _with_prefix(segments[0][1], prefix))
-    return segments
-
-
-def control_strings(tokenizer: Any) -> list[str]:
-    return tokenizer.convert_ids_to_tokens(sorted(control_ids(tokenizer)))
-
-
-def _turn_texts(record: Record, template: Template, fence: Any) -> list[tuple[bool, str]]:
-    turns = list(record.turns or [])
-    system = turns.pop(0)[1] if turns and turns[0][0] == "system" else record.system
-    system = None if system is None else fence(system)
-    return [(role == "assistant", fence(content) if role == "assistant"
-             else template.turn_prompt(fence(content), first=n == 0, system=system))
-            for n, (role, content) in enumerate(turns)]
-
-
-def _chat_texts(record: Record, template: Template, tokenizer: Any, fence: Any) -> list[tuple[bool, str]]:
-    """Each reply's text is where rendering the conversation through it extends rendering it up to it."""
-    turns = list(record.turns or [])
-    if record.system is not None and turns[0][0] != "system":
-        turns.insert(0, ("system", record.system))
-    messages = [{"role": role, "content": fence(content)} for role, content in turns]
-    texts: list[tuple[bool, str]] = []
-    done = ""
-    ends = [k for k, (role, _) in enumerate(turns) if role == "assistant"]
-    if turns[-1][0] != "assistant":
-        ends.append(len(turns))
-    for k in ends:
-        before = template.render(messages[:k], tokenizer, generation=True)
-        after = template.render(messages[: k + 1], tokenizer, generation=False) if k < len(turns) else before
-        if not before.startswith(done) or not after.startswith(before):
-            raise HeedError(f"record {record.index}: the tokenizer's chat template writes earlier turns differently "
-                            "once later ones follow, so replies cannot be marked by position; choose a heed "
-                            "template with --template")
-        texts.append((False, before[len(done):]))
-        if k < len(turns):
-            reply = after[len(before):].rstrip()
-            texts.append((True, reply))
-            done = before + reply
-    return [(reply, text) for reply, text in texts if text or reply]
+    input_ids = list(prompt) + list(response)
+    labels = list(input_ids)
+    if not train_on_prompt:
+        labels[: len(prompt)] = [IGNORE_INDEX] * len(prompt)
+    return Example(index, input_ids, labels, len(prompt), truncated)
 
 
 def build_conversation_example(
@@ -337,43 +213,6 @@ def build_conversation_example(
         input_ids += ids
         labels += ids if trained else [IGNORE_INDEX] * len(ids)
     return Example(index, input_ids, labels, len(segments[0][1]), spans=spans)
-
-
-def _piece_ids(piece: str, tokenizer: Any, *, plain: bool, first: bool) -> list[int]:
-    """Ids of one piece of a prompt. With a tokenizer that starts every text with a space (SentencePiece
-    ``▁``), a piece after the first is encoded behind a newline that is then removed, so that it does not."""
-    def encode(text: str) -> list[int]:
-        return plain_ids([text], tokenizer)[0] if plain else list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    if first or not _adds_prefix_space(tokenizer):
-        return encode(piece)
-    newline = list(tokenizer("\n", add_special_tokens=False)["input_ids"])
-    ids = encode("\n" + piece)
-    return ids[len(newline):] if ids[: len(newline)] == newline else encode(piece)
-
-
-def _adds_prefix_space(tokenizer: Any) -> bool:
-    """True when the tokenizer puts something before a text's first word ("a" → "▁a")."""
-    tokens = "".join(tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"]))
-    return tokens != "a" and tokens.endswith("a")
-
-
-def build_example(
-    index: int, prompt: list[int], response: list[int], *, train_on_prompt: bool = False,
-    truncated: bool = False,
-) -> Example:
-    """Concatenate ids and build labels by position. ``response`` already ends with EOS if it should.
-
-    >>> build_example(0, [10, 11, 12], [20, 50256]).labels
-    [-100, -100, -100, 20, 50256]
-    >>> build_example(0, [10, 11, 12], [20, 50256], train_on_prompt=True).labels
-    [10, 11, 12, 20, 50256]
-    """
-    input_ids = list(prompt) + list(response)
-    labels = list(input_ids)
-    if not train_on_prompt:
-        labels[: len(prompt)] = [IGNORE_INDEX] * len(prompt)
-    return Example(index, input_ids, labels, len(prompt), truncated)
 
 
 def _truncated(example: Example, max_length: int) -> Example:

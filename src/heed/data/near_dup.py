@@ -22,12 +22,13 @@ still costs k² pairs, as it must when every pair is reported.
 from __future__ import annotations
 
 import re
-import sys
 from array import array
 from dataclasses import dataclass
-from typing import Iterable, Sized
+from typing import Any, Iterable, Sized
 
 import numpy as np
+
+from heed.runtime.progress import progress as _progress
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _WORD = re.compile(r"\w+")
@@ -230,12 +231,10 @@ def _gather(ranked: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, pair: np
     return (np.repeat(pair, length) << bits) | ranked[index]
 
 
-def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
-    """A tqdm bar on stderr, shown only on a terminal and only once the work has taken two seconds.
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None) -> Any:
+    """The audit's bar (``heed.runtime.progress``): shown only on a terminal and only once the work has
+    taken two seconds, gone when done.
 
     ``enabled``: None = decide by the terminal, False = never.
     """
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=" records", file=sys.stderr,
-                disable=True if enabled is False else None, delay=2.0, mininterval=0.5, leave=False)
+    return _progress(total, desc, " records", enabled=enabled, delay=2.0, mininterval=0.5, leave=False)

@@ -20,6 +20,7 @@ from typing import Any
 
 from heed.data.conversations import FORMATS, SHAPES, detect_format, validate_turns
 from heed.errors import HeedError
+from heed.io import invalid_json
 
 OUTPUT_ALIASES = ("response",)
 LISTED = 10  # problems shown one per line; beyond that they are counted
@@ -191,7 +192,7 @@ def _parse_document(path: Path, text: str, *, quiet: bool = False) -> Any:
         if e.msg == "Extra data":
             raise HeedError(f"{path}: line {e.lineno}: a second JSON value follows the first; heed reads one JSON "
                             "array of records, or JSON Lines (one record object per line)") from None
-        raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+        raise HeedError(invalid_json(path, e)) from None
     except _Unreadable as e:
         if quiet:
             return None

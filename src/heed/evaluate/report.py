@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heed.errors import HeedError
-from heed.io import write_text
+from heed.io import invalid_json, write_text
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -42,7 +42,7 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
-        raise HeedError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+        raise HeedError(invalid_json(path, e)) from None
 
 
 def collect(run_dir: Path) -> dict[str, Any]:

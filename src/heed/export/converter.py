@@ -9,7 +9,6 @@ and ``gguf-py``). Found, in order: ``--converter PATH`` (a llama.cpp source tree
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from heed.errors import HeedError
+from heed.io import scratch_dir, staged_into
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SCRIPT = "convert_hf_to_gguf.py"
@@ -40,16 +40,12 @@ def _unpack(sdist: Path, into: Path) -> Path:
             if not any(m.name.endswith("/" + SCRIPT) for m in members):
                 raise HeedError(f"--converter {sdist}: no vendor/llama.cpp/{SCRIPT} inside; expected the "
                                 f"llama-cpp-python sdist (llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz)")
-            into.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tempfile.mkdtemp(dir=into.parent, prefix=".unpack.")
-            try:
+            with scratch_dir(into.parent, "unpack") as tmp:
                 for m in members:
                     m.name = m.name[len(prefix):]
                     tar.extract(m, tmp, filter="data")
-                if not into.exists():
+                if not into.exists():  # another process may have unpacked it meanwhile: the first one stays
                     os.replace(tmp, into)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     except (tarfile.TarError, OSError) as e:
         raise HeedError(f"--converter {sdist}: cannot unpack it ({e}); download the sdist again") from None
     return into
@@ -92,14 +88,14 @@ def find_converter(path: str | None) -> Path:
 
 
 def convert(converter: Path, model_dir: Path, out: Path, quant: str) -> None:
-    """Run the converter on a Hugging Face model directory, writing ``out`` (the file appears whole)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    command = [sys.executable, str(converter / SCRIPT), str(model_dir), "--outfile", str(tmp), "--outtype", quant]
+    """Run the converter on a Hugging Face model directory, writing ``out`` (the file appears whole: the
+    converter writes into a staging directory beside it, and the file is renamed into place)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(converter), str(converter / "gguf-py")]))
     env.pop("NO_LOCAL_GGUF", None)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=converter)
-    if done.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
-        raise HeedError(f"llama.cpp's converter could not convert {model_dir}: {lines[-1][:300]}")
-    os.replace(tmp, out)
+    with staged_into(out.parent) as staging:
+        tmp = staging / out.name
+        command = [sys.executable, str(converter / SCRIPT), str(model_dir), "--outfile", str(tmp), "--outtype", quant]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=converter)
+        if done.returncode != 0 or not tmp.is_file():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
+            raise HeedError(f"llama.cpp's converter could not convert {model_dir}: {lines[-1][:300]}")

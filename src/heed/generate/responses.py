@@ -126,10 +126,10 @@ def make_decoder(model: Any, cfg: GenerateConfig) -> Any:
 
 
 def resolve_cache(cache: str, device: torch.device) -> str:
-    """``auto``: ``compiled`` on CUDA, ``dynamic`` elsewhere. Measured: on an H100 (GPT-2 medium, bf16)
-    the compiled step decodes 5-9x faster than the dynamic cache (326 vs 47-60 tokens/s at batch 1,
-    10,576 vs 1,220 at batch 64; shared/gpu-h100-2026-11-22); on a 2-core CPU it gains 15-25% after a
-    5 s compile (BENCHMARKS.md), which a short run does not win back."""
+    """``auto``: ``compiled`` on CUDA, ``dynamic`` elsewhere. On an H100 the compiled step decodes several
+    times faster than the dynamic cache, at batch 1 and batched; on a small CPU it gains much less, after
+    a compile of seconds that a short run does not win back (BENCHMARKS.md, "Measurements behind design
+    choices")."""
     if cache != "auto":
         return cache
     return "compiled" if device.type == "cuda" else "dynamic"

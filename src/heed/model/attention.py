@@ -95,9 +95,10 @@ def sdpa_backends(device_type: str, static: bool) -> list[Any] | None:
     """The SDPA kernels attention may use, or None for PyTorch's own choice.
 
     On CUDA under bf16, PyTorch prefers cuDNN's attention on Hopper, and cuDNN builds an execution plan
-    for every new shape: ~430 µs of CPU per call, measured on an H100 (shared/gpu-h100-2026-11-22), which
-    made batches of 8 of varying width 2.3-2.7x slower than fp32 without it (9,498 against 2,436-2,883
-    tokens/s once cuDNN was excluded). With static shapes (a compiled body, full packed rows, a static
+    for every new shape. With dynamic shapes (padded batches of varying width, prompt prefill, a growing
+    cache) that planning costs more CPU time than the attention itself, enough on an H100 to make the bf16
+    fast path slower than the fp32 loop; without cuDNN it was several times faster (BENCHMARKS.md,
+    "Measurements behind design choices"). With static shapes (a compiled body, full packed rows, a static
     cache's decoding step) the plan is built once and cuDNN is the faster kernel, so it stays. Elsewhere
     (the CPU) nothing is restricted.
     """

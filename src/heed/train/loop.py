@@ -4,6 +4,10 @@ Reads top to bottom like nanoGPT's train.py; each helper does one thing. The los
 cross-entropy between ``logits[:, t]`` and ``targets[:, t]`` because collate already shifted.
 ``train`` returns the trained model with its result; writing it out, generating the test split's
 responses and scoring them is the finetune job's (``heed.commands.finetune``).
+
+Beside it: ``state`` (what the loop carries: ``Setup``, ``LoopState``, ``Trained``), ``schedule`` (the
+examples of each step, the learning rate) and ``finish`` (the end of a run). Here: ``setup``, one step
+(``train_step``), the held-out loss (``evaluate``), the loop (``Loop.fit``) and ``train``, which runs them.
 """
 
 from __future__ import annotations
@@ -13,32 +17,40 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from heed.config import FastPath, RunConfig, TrainConfig, validate
+from heed.config import FastPath, RunConfig, validate
 from heed.data import load_split, with_system
 from heed.data.batch import batch_order, iter_batches, length_grouped_order, make_batch, token_budget_order
-from heed.data.encode import EncodeReport, Example, encode_records
-from heed.data.records import Record, Split
-from heed.data.templates import Template, get_template
+from heed.data.encode import Example, encode_records
+from heed.data.templates import get_template
 from heed.errors import HeedError
 from heed.model import load_model, load_tokenizer, resolve_data
 from heed.model.attention import attention_backends
-from heed.model.lora import adapter_of, add_adapters, merged
+from heed.model.lora import add_adapters
 from heed.runtime import allocator, distributed
 from heed.runtime.compile import BUCKET
 from heed.runtime.device import choose_device, resolve_precision
 from heed.runtime.progress import log as _log
 from heed.runtime.progress import progress
 from heed.train import checkpoint
+from heed.train.finish import finish, unsharded
 from heed.train.loss import compile_body, loss_sum
 from heed.train.optim import clipped_step, make_optimizer
 from heed.train.parallel import DataParallel, Sharded
 from heed.train.save import check_out, clear_out
+from heed.train.schedule import lr_lambda, step_order
+from heed.train.state import LoopState, Setup, Trained, TrainResult
+
+# Names this module held before state, schedule and finish moved out stay importable from here; the
+# orders step_order picks from (heed.data.batch) too.
+__all__ = ["Loop", "LoopState", "NonFiniteLoss", "Setup", "Trained", "TrainResult", "absolute_paths", "batch_order",
+           "evaluate", "finish", "length_grouped_order", "lr_lambda", "setup", "step_order", "token_budget_order",
+           "train", "train_step", "unsharded"]
 
 Log = Callable[[str], None]
 
@@ -47,79 +59,9 @@ def _silent(_: str) -> None:
     pass
 
 
-@dataclass
-class LoopState:
-    """Where the loop is: everything a checkpoint needs to continue exactly where it stopped."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    tokens_seen: int = 0
-    best_val: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    stopped_early: bool = False
-    seconds: float = 0.0
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int
-    tokens_seen: int
-    best_step: int | None
-    best_val_loss: float | None
-    final_train_loss: float | None
-    final_val_loss: float | None
-    stopped_early: bool
-    seconds: float
-    metrics: list[dict[str, Any]]
-
-
-@dataclass
-class Setup:
-    """What the loop works on: data, model, optimizer, and the run's resolved settings."""
-
-    run: RunConfig
-    device: torch.device
-    precision: str
-    template: Template
-    tokenizer: Any
-    split: Split
-    records: list[Record]
-    report: EncodeReport
-    train_examples: list[Example]
-    val_examples: list[Example]
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    total_steps: int
-    drop_last: bool
-    fast: FastPath
-    audit: dict[str, Any] | None = None
-    parallel: DataParallel | None = None
-
-
-@dataclass
-class Trained:
-    """A finished run: the model (adapters merged unless --no-merge, fp32, eval mode) and what it needs to be
-    saved and used."""
-
-    model: Any
-    tokenizer: Any
-    template: Template
-    run: RunConfig
-    result: TrainResult
-    split: Split
-    report: EncodeReport
-    precision: str
-    device: torch.device
-    audit: dict[str, Any] | None = None
-    adapter: Any = None  # with --lora: the adapter on its own (heed.model.lora.Adapter), saved beside the model
-
-
 class NonFiniteLoss(Exception):
+    """A step's loss is not finite (``train_step`` raises it before the weights change)."""
+
     def __init__(self, loss: float):
         super().__init__(f"the training loss is {loss}")
         self.loss = loss
@@ -192,33 +134,6 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, examples: Sequence[Ex
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total / supervised
-
-
-def step_order(examples: Sequence[Example], cfg: TrainConfig, *, shuffle: bool, seed: int,
-               drop_last: bool) -> list[list[int]]:
-    """The example indices of each optimizer step of one epoch: ``cfg.batch_size`` examples a step (of
-    similar lengths with ``cfg.group_by_length``), or with ``cfg.tokens_per_step`` as many as fill that
-    many tokens (every example kept: the steps differ in size anyway)."""
-    lengths = [len(e.input_ids) - 1 for e in examples]
-    if cfg.tokens_per_step:
-        return token_budget_order(lengths, cfg.tokens_per_step, shuffle=shuffle, seed=seed)
-    if cfg.group_by_length:
-        return length_grouped_order(lengths, cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return batch_order(len(examples), cfg.batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-
-
-def lr_lambda(warmup: int, total: int, kind: str) -> Callable[[int], float]:
-    """Linear warmup, then constant or cosine decay to 10% of the peak learning rate."""
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def absolute_paths(run: RunConfig) -> RunConfig:
@@ -438,44 +353,6 @@ class Loop:
             bar.close()
         state.seconds = self.elapsed()
         self.started = time.perf_counter()  # the final evaluation's row counts from here, not twice
-
-
-def finish(s: Setup, loop: Loop) -> Trained:
-    """The last evaluation, the best weights restored, the final checkpoint, adapters merged."""
-    state = loop.state
-    if not state.metrics or state.metrics[-1]["step"] != state.step:
-        loop.evaluate()
-    last = state.metrics[-1]
-    if loop.best is not None and state.best_step != state.step:
-        if isinstance(s.parallel, Sharded):
-            s.parallel.load_full_state(s.optimizer, loop.best, strict=False)
-        else:
-            s.model.load_state_dict(loop.best, strict=False)
-        loop.log(f"restored the best weights: step {state.best_step}, val loss {state.best_val:.3f}")
-    if s.run.train.checkpoint_every:
-        loop.save_checkpoint(finished=True)
-    result = TrainResult(Path(s.run.train.out), state.step, state.tokens_seen, state.best_step, state.best_val,
-                         last["train_loss"], last["val_loss"], state.stopped_early, state.seconds, state.metrics)
-    if isinstance(s.parallel, Sharded):
-        s.model = unsharded(s)
-    s.model.float()
-    adapter = adapter_of(s.model, s.run.train.model) if s.run.train.lora else None  # taken before the merge
-    model = (merged(s.model) if s.run.train.merge else s.model).eval()  # adapters merged into fp32 weights
-    return Trained(model, s.tokenizer, s.template, s.run, result, s.split, s.report, s.precision, s.device, s.audit,
-                   adapter)
-
-
-def unsharded(s: Setup) -> Any:
-    """The trained model gathered whole on every rank, as a plain model on this rank's device, for saving
-    and answering the test split: built as ``setup`` built it, then given the trained weights."""
-    full = s.parallel.gathered()
-    s.optimizer = s.parallel = None  # the shards go
-    tcfg = s.run.train
-    model = load_model(tcfg.model, seed=tcfg.seed, fast=s.fast)
-    if tcfg.lora:
-        model = add_adapters(model.to(torch.bfloat16) if s.precision == "bf16" else model, tcfg.lora)
-    model.load_state_dict(full)
-    return model.to(s.device).train()
 
 
 def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log, fast: FastPath = FastPath(),

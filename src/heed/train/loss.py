@@ -94,13 +94,12 @@ def loss_sum(model: Any, batch: Batch, precision: str, device: torch.device,
 
 
 def resolve_head(head: str, device: torch.device) -> str:
-    """``auto``: heed's own head on a CPU, where it is measured faster than full logits (BENCHMARKS.md:
-    the fast path loses 15% with full-vocabulary logits) and torch's chunked kernel picks an fp32
-    "accurate" policy; torch's on CUDA, because heed's head, a chunked autograd function, spent ~8 ms a
-    step on an H100 for ~1.5 ms of FLOPs (shared/gpu-h100-2026-11-22, prof-compiled-b128.txt), while
-    torch's kernel is tuned for CUDA. Not yet measured against each other on a GPU:
-    ``scripts/gpu-check.sh`` runs both (the bench's "fast, heed's head" row), and the faster one
-    becomes the default."""
+    """``auto``: heed's own head on a CPU, where it is measured faster than full logits and torch's chunked
+    kernel picks an fp32 "accurate" policy; torch's on CUDA, because heed's head, a chunked autograd
+    function, took several times its FLOPs' worth of time in a profiled H100 step, while torch's kernel is
+    tuned for CUDA (figures: BENCHMARKS.md, "Measurements behind design choices"). Not yet measured
+    against each other on a GPU: ``scripts/gpu-check.sh`` runs both (the bench's "fast, heed's head"
+    row), and the faster one becomes the default."""
     if head != "auto":
         return head
     return "torch" if device.type == "cuda" else "supervised"

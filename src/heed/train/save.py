@@ -11,7 +11,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from heed import __version__
+from heed._version import __version__
 from heed.errors import HeedError
 from heed.io import staged_into, write_json, write_text
 from heed.model import save_model
