@@ -75,3 +75,17 @@ def test_time_limit_stops_the_model_and_keeps_what_was_measured(monkeypatch):
     assert measured == ["train_reference"] and results["incomplete"] == "train_fast"
     assert "train_reference" in results and "train_fast" not in results
     assert "incomplete (stopped at train_fast" in bench.table(results)
+
+
+def test_data_too_small_for_a_step_is_one_line_before_any_measurement(tmp_path, capsys):
+    import json
+
+    from heed.commands.cli import main
+
+    data = tmp_path / "small.json"
+    data.write_text(json.dumps([{"instruction": f"Add {i} and 1.", "output": str(i + 1)} for i in range(20)]))
+    out = tmp_path / "bench.md"
+    assert main(["bench", "--model", "random:gpt2-tiny", "--data", str(data), "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "20 examples, fewer than one larger-budget step needs (32" in err
+    assert not out.exists()  # refused before the first row

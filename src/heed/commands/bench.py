@@ -47,6 +47,7 @@ from heed.commands.bench_generate import measure_generate
 from heed.commands.bench_report import H100_BF16_PEAK, describe_device, matmul_peak, result_row, table
 from heed.commands.bench_train import _groups, fast_path, measure_train, measure_trainer
 from heed.config import validate
+from heed.errors import HeedError
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +56,10 @@ __all__ = ["ABLATIONS", "COMPILED_MODES", "CUDA_ABLATIONS", "FAST", "GENERATE_MO
            "TARGET_ROWS", "TRAIN_MODES", "BenchConfig", "OutOfTime", "cmd_bench", "describe_device", "fast_path",
            "matmul_peak", "measure_generate", "measure_train", "measure_trainer", "plan", "register", "result_row",
            "run", "table", "_groups"]
+
+
+# How a measuring process reports a refusal (a HeedError) to the parent, which raises it as its own.
+CHILD_ERROR = "heed bench child: "
 
 
 class OutOfTime(Exception):
@@ -73,6 +78,9 @@ def _child(kind: str, mode: str, cfg: BenchConfig, features: dict[str, Any],
     except subprocess.TimeoutExpired:
         raise OutOfTime(f"{kind} {mode}") from None
     if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        if last.startswith(CHILD_ERROR):  # the child's one-line refusal is the command's
+            raise HeedError(last[len(CHILD_ERROR):])
         raise RuntimeError(f"bench {kind} {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -94,6 +102,16 @@ def plan(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str, str, di
     if device.type != "cuda":
         return steps
     return sorted(steps, key=lambda s: TARGET_ROWS.index(s[0]) if s[0] in TARGET_ROWS else len(TARGET_ROWS))
+def preflight(cfg: BenchConfig) -> None:
+    """Refuse data too small for the measured steps before any measurement runs (the children would)."""
+    from heed.commands.bench_train import _examples
+    from heed.model import load_tokenizer
+
+    examples = _examples(cfg, load_tokenizer(cfg.model))
+    for budget in (False, True):
+        _groups(cfg, examples, budget)
+
+
 def run(cfg: BenchConfig, log: Any = print, on_result: Any = None) -> dict[str, Any]:
     """Every measurement of ``plan``, each in its own process, within ``cfg.time_limit`` seconds; each result
     goes to ``on_result(key, result)`` as soon as it is measured. A measurement still running at the limit
@@ -147,9 +165,12 @@ def cmd_bench(args: Any) -> int:
     stamp = datetime.date.today().isoformat()
     sections = []
     rows_started = False
-    for model in args.model or ["random:gpt2"]:
-        cfg = configure(BenchConfig, args, BenchConfig(model=model))
+    cfgs = [configure(BenchConfig, args, BenchConfig(model=model)) for model in args.model or ["random:gpt2"]]
+    for cfg in cfgs:  # every model's settings and data checked before the first measurement
         validate(cfg)
+        preflight(cfg)
+    for cfg in cfgs:
+        model = cfg.model
 
         def flush(key: str, result: dict[str, Any], model: str = model) -> None:
             """Each row reaches --out as soon as it is measured: a run stopped later keeps it."""
@@ -191,4 +212,7 @@ def register(sub: Any) -> None:
 
 
 if __name__ == "__main__":
-    main_child(sys.argv[1:])
+    try:
+        main_child(sys.argv[1:])
+    except HeedError as e:
+        sys.exit(f"{CHILD_ERROR}{e}")

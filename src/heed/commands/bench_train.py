@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from heed.commands.bench_config import BenchConfig
 from heed.config import FastPath
+from heed.errors import HeedError
 
 if TYPE_CHECKING:
     import torch
@@ -132,6 +133,12 @@ def _groups(cfg: BenchConfig, examples: list[Any], budget: bool) -> list[list[An
     else:
         size = cfg.batch_size * (cfg.budget_scale if budget else 1)
         groups = [examples[i:i + size] for i in range(0, len(examples) - size + 1, size)]
+    if not groups:
+        raise HeedError(f"--data {cfg.data or 'built-in tasks'}: {len(examples)} examples, fewer than one "
+                        f"{'larger-budget ' if budget else ''}step needs ("
+                        + (f"--tokens-per-step {cfg.tokens_per_step}" if budget and cfg.tokens_per_step else
+                           f"{size} = --batch-size {cfg.batch_size}" + (f" x {cfg.budget_scale}" if budget else ""))
+                        + "); give more records or a smaller step")
     return [groups[step % len(groups)] for step in range(cfg.steps + 2)]
 
 

@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
                                    "the GGUF file.")
     p.add_argument("--model", help="a model directory (heed-trained, merged or adapter), or random:<preset>")
     p.add_argument("--gguf", metavar="OUT.gguf", help="the GGUF file to write")
-    p.add_argument("--quant", default="f16", choices=QUANTS, help="weight type (default: %(default)s)")
+    p.add_argument("--quant", default=QUANTS[1], choices=QUANTS, help=f"weight type (default: {QUANTS[1]})")
     p.add_argument("--template", help="override the template (default: the model's heed.json, else alpaca)")
     p.add_argument("--converter", metavar="PATH",
                    help="llama.cpp's sources (a tree with convert_hf_to_gguf.py) or the llama-cpp-python sdist "
