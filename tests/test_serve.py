@@ -56,10 +56,29 @@ def heed_generate(model_dir, prompt: str, capsys, n: int = 8) -> str:
     return capsys.readouterr().out[:-1]  # print's newline
 
 
-def test_chat_endpoints_answer_as_heed_generate_does(server, model_dir, capsys):
-    for prompt in PROMPTS:
-        expected = heed_generate(model_dir, prompt, capsys)
-        messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": prompt}]
+def heed_generate_conversations(model_dir, conversations: list, tmp_path, capsys, n: int = 8) -> list[str]:
+    """heed generate's answers to message records that end with a user turn."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+    assert main(["generate", "--model", str(model_dir), "--data", str(data), "--max-new-tokens", str(n)]) == 0
+    capsys.readouterr()
+    return [r["model_response"] for r in json.loads((tmp_path / "chats-with-response.json").read_text())]
+
+
+CHATS = [[{"role": "user", "content": PROMPTS[0]}],
+         [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": PROMPTS[1]}],
+         [{"role": "user", "content": PROMPTS[1]}, {"role": "assistant", "content": "Red."},
+          {"role": "user", "content": PROMPTS[2]}]]
+
+
+def test_chat_endpoints_answer_as_heed_generate_does(server, model_dir, tmp_path, capsys):
+    # the whole conversation reaches the model, system message and earlier turns too, as heed generate
+    # writes a message record with the model's template
+    assert heed_generate(model_dir, PROMPTS[0], capsys) == heed_generate_conversations(model_dir, CHATS[:1], tmp_path,
+                                                                                       capsys)[0]
+    answers = heed_generate_conversations(model_dir, CHATS, tmp_path, capsys)
+    assert len(set(answers[1:])) == 2 and answers[1] != heed_generate(model_dir, PROMPTS[1], capsys)
+    for messages, expected in zip(CHATS, answers):
         code, _, text = request(server, "POST", "/v1/chat/completions", {"model": "x", "messages": messages})
         assert code == 200
         reply = json.loads(text)
@@ -69,6 +88,21 @@ def test_chat_endpoints_answer_as_heed_generate_does(server, model_dir, capsys):
         assert reply["usage"]["completion_tokens"] <= LIMITS["max_new_tokens"]
         code, _, text = request(server, "POST", "/api/chat", {"model": "x", "messages": messages, "stream": False})
         assert code == 200 and json.loads(text)["message"]["content"] == expected and json.loads(text)["done"]
+
+
+@pytest.mark.parametrize("messages, says", [
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "the last message must be a user"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "messages[1]"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "messages[1]"),
+    ([{"role": "tool", "content": "a"}], "expected system, user or assistant"),
+    ([{"role": "user", "content": "  "}], "is empty"),
+])
+def test_chat_turns_out_of_order_are_400(server, messages, says):
+    for path in ("/v1/chat/completions", "/api/chat"):
+        code, _, text = request(server, "POST", path, {"model": "x", "messages": messages, "stream": False})
+        body = json.loads(text)
+        message = body["error"]["message"] if path.startswith("/v1") else body["error"]
+        assert code == 400 and says in message, (path, message)
 
 
 def test_generate_endpoint_applies_the_template_unless_raw(server, model_dir, capsys):
@@ -142,7 +176,7 @@ def test_model_lists(server):
     ("/v1/chat/completions", None, b"{not json", 400, "not valid JSON"),
     ("/v1/chat/completions", None, b"[1, 2]", 400, "JSON object"),
     ("/v1/chat/completions", {"messages": []}, None, 400, "non-empty list"),
-    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "no user message"),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}, None, 400, "messages[0]: expected a user turn"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, None, 400, "messages[0].content"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}] * 5}, None, 413, "at most 4"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 9}, None, 400,
@@ -327,3 +361,36 @@ def test_concurrent_streams_are_batched_and_answered_as_alone(judge_server):
         t.join(timeout=60)
     assert answers == single
     assert server.service.batcher.batches - before < len(prompts)  # streamed and not, decoded together
+
+
+def test_a_saved_system_prompt_is_used_unless_the_chat_brings_one(tmp_path):
+    from heed.data.encode import record_prompt_ids
+    from heed.data.records import Record
+    from heed.data.templates import TEMPLATES
+    from heed.model import gpt2_tokenizer, load_model, save_model
+    from heed.serve import make_service
+    from heed.serve.requests import openai_ask
+
+    out = tmp_path / "with-system"
+    save_model(load_model("random:gpt2-tiny"), gpt2_tokenizer(), out, {"template": "alpaca", "system": "Be terse."})
+    service = make_service(str(out), ServeConfig(**LIMITS), GenerateConfig(), device="cpu")
+    try:
+        def prompt_ids(turns, system):
+            record = Record(0, turns[-1][1], "", None, {}, turns, system)
+            return record_prompt_ids([record], gpt2_tokenizer(), TEMPLATES["alpaca"])[0]
+
+        async def submitted(messages):
+            pending = service.submit(openai_ask({"messages": messages}, service.cfg, chat=True))
+            pending.result.result(timeout=60)
+            return pending.prompt_tokens
+
+        import asyncio
+
+        plain = [{"role": "user", "content": "Add 2 and 3."}]
+        own = [{"role": "system", "content": "Answer at length, please, with every detail."}] + plain
+        assert asyncio.run(submitted(plain)) == len(prompt_ids([("user", "Add 2 and 3.")], "Be terse."))
+        assert asyncio.run(submitted(own)) == len(prompt_ids([("system", own[0]["content"]), ("user", "Add 2 and 3.")],
+                                                             None))
+        assert len(prompt_ids([("user", "Add 2 and 3.")], "Be terse.")) != len(prompt_ids([("user", "Add 2 and 3.")], None))
+    finally:
+        service.batcher.close()

@@ -26,7 +26,7 @@ def make_service(spec: str, cfg: ServeConfig, gen: GenerateConfig = GenerateConf
                  template: str | None = None) -> Any:
     """Load ``spec`` with its saved template and start the batching worker behind a ``Service``."""
     from heed.data.templates import get_template
-    from heed.model import context_length, load_model, load_tokenizer, model_config, saved_template
+    from heed.model import context_length, load_model, load_tokenizer, model_config, read_meta, saved_template
     from heed.runtime.device import choose_device
     from heed.serve.app import Service
     from heed.serve.batcher import Batcher
@@ -43,7 +43,8 @@ def make_service(spec: str, cfg: ServeConfig, gen: GenerateConfig = GenerateConf
     batcher = Batcher(model, tokenizer, gen, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000,
                       max_queue=cfg.max_queue)
     name = cfg.name or (spec.split(":", 1)[1] if spec.startswith("random:") else Path(spec).name or "heed")
-    return Service(batcher, tokenizer, chosen, cfg, name, longest)
+    system = read_meta(spec).get("system")
+    return Service(batcher, tokenizer, chosen, cfg, name, longest, system if isinstance(system, str) else None)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -49,17 +49,21 @@ class Service:
     """The model behind the endpoints: encodes a request, queues it, decodes its answer."""
 
     def __init__(self, batcher: Batcher, tokenizer: Any, template: Template, cfg: ServeConfig, name: str,
-                 max_prompt_tokens: int):
+                 max_prompt_tokens: int, system: str | None = None):
         self.batcher, self.tokenizer, self.template, self.cfg = batcher, tokenizer, template, cfg
         self.name, self.max_prompt_tokens = name, max_prompt_tokens
+        self.system = system  # the model's saved system prompt: for requests that bring none
         self.created = int(time.time())
 
     def submit(self, ask: Ask, *, stream: bool = False) -> Pending:
         """Queue ``ask``; problems found before decoding starts (too long, too busy) raise ``BadRequest``."""
         from heed.data.encode import record_prompt_ids
 
-        template = RAW if ask.raw else self.template
-        prompt = record_prompt_ids([Record(0, ask.text, "", None, {})], self.tokenizer, template)[0]
+        if ask.raw:
+            record, template = Record(0, ask.text, "", None, {}), RAW
+        else:  # as heed generate writes it: the model's template, its saved system prompt unless the chat has one
+            record, template = Record(0, ask.text, "", None, {}, ask.turns, self.system), self.template
+        prompt = record_prompt_ids([record], self.tokenizer, template)[0]
         if len(prompt) > self.max_prompt_tokens:
             raise BadRequest(f"the prompt is {len(prompt)} tokens; this server takes at most {self.max_prompt_tokens} "
                              "(heed serve --max-prompt-tokens)", 413)

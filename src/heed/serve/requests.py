@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heed.config import ServeConfig
+from heed.data.conversations import validate_turns
 from heed.serve.batcher import Sampling
 
 
@@ -23,7 +24,7 @@ class BadRequest(Exception):
 
 @dataclass
 class Ask:
-    """One request, read: ``instruction`` goes through the model's template unless ``raw``."""
+    """One request, read: ``text`` (or a chat's ``turns``) goes through the model's template unless ``raw``."""
 
     text: str
     raw: bool
@@ -31,6 +32,7 @@ class Ask:
     sampling: Sampling
     stop: tuple[str, ...]
     stream: bool
+    turns: list[tuple[str, str]] | None = None  # a chat request's conversation; ``text`` is its last user message
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -86,26 +88,30 @@ def _text(value: Any, name: str) -> str:
     raise BadRequest(f"'{name}' must be a string")
 
 
-def last_user_turn(messages: Any, cfg: ServeConfig) -> str:
-    """The last user message's text: heed's templates hold one instruction, so earlier turns and system
-    messages do not reach the model (until conversation templates land)."""
+def chat_turns(messages: Any, cfg: ServeConfig) -> list[tuple[str, str]]:
+    """A chat request's conversation as ``[(role, content)]``, checked as heed checks a training record's
+    turns (a system message first, at most once; then user and assistant alternating from a user
+    message), ending with the user message the answer replies to. OpenAI's ``developer`` role is a
+    system message; text parts of a content list are joined."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list of {role, content} objects")
     if len(messages) > cfg.max_messages:
         raise BadRequest(f"'messages' holds {len(messages)} messages; this server takes at most {cfg.max_messages} "
                          "(heed serve --max-messages)", 413)
-    user = None
+    plain = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest(f"'messages[{i}]' must be an object with a string 'role'")
-        if m["role"] not in ("system", "user", "assistant", "developer", "tool"):
+        if m["role"] not in ("system", "developer", "user", "assistant"):
             raise BadRequest(f"'messages[{i}].role' {m['role']!r}: expected system, user or assistant")
-        content = _text(m.get("content"), f"messages[{i}].content")
-        if m["role"] == "user":
-            user = content
-    if user is None:
-        raise BadRequest("'messages' holds no user message")
-    return user
+        role = "system" if m["role"] == "developer" else m["role"]
+        plain.append({"role": role, "content": _text(m.get("content"), f"messages[{i}].content")})
+    turns, problems = validate_turns({"messages": plain}, "messages", require_output=False)
+    if problems:
+        raise BadRequest(problems[0])  # validate_turns names the message: messages[N]: ...
+    if turns[-1][0] != "user":
+        raise BadRequest("the last message must be a user message: the answer replies to it")
+    return turns
 
 
 def _flag(value: Any, name: str, default: bool) -> bool:
@@ -117,8 +123,10 @@ def _flag(value: Any, name: str, default: bool) -> bool:
 
 
 def openai_ask(data: dict[str, Any], cfg: ServeConfig, *, chat: bool) -> Ask:
+    turns = None
     if chat:
-        text, raw = last_user_turn(data.get("messages"), cfg), False
+        turns, raw = chat_turns(data.get("messages"), cfg), False
+        text = turns[-1][1]
     else:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
@@ -130,15 +138,17 @@ def openai_ask(data: dict[str, Any], cfg: ServeConfig, *, chat: bool) -> Ask:
     if data.get("n") not in (None, 1) or data.get("n") is True:
         raise BadRequest("'n' must be 1: one answer per request")
     return Ask(text, raw, _max_tokens(n, "max_tokens", cfg), _sampling(data, ""),
-               _stop(data.get("stop"), "stop"), _flag(data.get("stream"), "stream", False))
+               _stop(data.get("stop"), "stop"), _flag(data.get("stream"), "stream", False), turns)
 
 
 def ollama_ask(data: dict[str, Any], cfg: ServeConfig, *, chat: bool) -> Ask:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise BadRequest("'options' must be an object")
+    turns = None
     if chat:
-        text, raw = last_user_turn(data.get("messages"), cfg), False
+        turns, raw = chat_turns(data.get("messages"), cfg), False
+        text = turns[-1][1]
     else:
         text = data.get("prompt")
         if not isinstance(text, str):
@@ -147,7 +157,7 @@ def ollama_ask(data: dict[str, Any], cfg: ServeConfig, *, chat: bool) -> Ask:
     n = options.get("num_predict")
     n = None if n is not None and isinstance(n, int) and not isinstance(n, bool) and n < 0 else n  # -1: no limit
     return Ask(text, raw, _max_tokens(n, "options.num_predict", cfg), _sampling(options, "options."),
-               _stop(options.get("stop"), "options.stop"), _flag(data.get("stream"), "stream", True))
+               _stop(options.get("stop"), "options.stop"), _flag(data.get("stream"), "stream", True), turns)
 
 
 def _sampling(values: dict[str, Any], prefix: str) -> Sampling:
