@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from heed.config import DataConfig
-from heed.data.records import FieldMap, Record, Split, split_records
+from heed.data.records import FieldMap, Record
+from heed.data.split import Split, split_records
 from heed.data.sources import read_records
 from heed.errors import HeedError
 
