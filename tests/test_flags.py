@@ -91,4 +91,6 @@ def test_every_command_prints_its_help(capsys):
         assert exit.value.code == 0
         seen.append(" ".join(path))
     assert {"demo", "train", "generate", "serve", "export"} <= set(seen)
-    assert "85% train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "85% train" in out and "mean with a 95% bootstrap CI" in out
+    assert "%%" not in out, "a help text escaped for argparse where argparse does not format it"

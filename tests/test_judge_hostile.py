@@ -162,7 +162,29 @@ def test_a_server_that_fails_for_good_is_not_asked_on(tmp_path, capsys, concurre
     assert code == 2 and len(server.requests) <= concurrency
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gave up after 1 tries: HTTP 500: oops" in err
+    assert f"no record was judged; {tmp_path / 'test-judged.json'} was not written" in err
     assert not (tmp_path / "test-judged.json").exists(), "nothing judged: no file"
+
+
+def test_a_run_that_judges_nothing_leaves_an_earlier_file_alone(tmp_path, capsys):
+    path, out = responses(tmp_path), tmp_path / "test-judged.json"
+    with FakeServer([ollama_stream("80")]) as server:
+        assert run("--responses", path, "--url", server.url) == 0
+    earlier = out.read_text()
+    assert json.loads(earlier)["complete"] is True
+    capsys.readouterr()
+    with FakeServer([status(500, {"error": "oops"})]) as server:
+        assert run("--responses", path, "--url", server.url, "--retries", 0, "--fresh") == 2
+    assert f"no record was judged; {out} was not written" in capsys.readouterr().err
+    assert out.read_text() == earlier, "a run that judged nothing keeps the earlier scores"
+
+
+@pytest.mark.parametrize("spec", ["ollama:", "ollama: ", "openai:"])
+def test_a_judge_without_a_model_name_is_refused(tmp_path, capsys, spec):
+    with FakeServer([ollama_stream("80")]) as server:
+        assert run("--responses", responses(tmp_path), "--url", server.url, "--judge", spec) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a model name" in err and server.requests == []
 
 
 def test_failure_part_way_keeps_the_scores_and_a_rerun_resumes(tmp_path, capsys):

@@ -101,7 +101,7 @@ def test_demo_plumbing_on_a_tiny_model(tmp_path, capsys):
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["steps"] == summary["steps"] > 0
 
 
-def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
+def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch, request):
     """Without --max-new-tokens the demo decodes the longest training answer and the stop marker at most,
     for the base model and the finetuned one alike, in batches of --gen-batch-size."""
     import heed.generate.responses as responses
@@ -120,6 +120,10 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(responses, "generate_ids", spy)
     monkeypatch.setenv("HEED_CPU_BF16", "0")  # a CPU without bf16: the demo's step budget
+    from heed.runtime.device import cpu_has_bf16
+
+    cpu_has_bf16.cache_clear()  # an earlier test may have asked on this bf16 CPU
+    request.addfinalizer(cpu_has_bf16.cache_clear)
     out = tmp_path / "demo"
     summary = run_demo(DemoConfig(model="random:gpt2-tiny", out=str(out), n=60, gen_batch_size=5),
                        log=lambda _: None)

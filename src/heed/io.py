@@ -45,30 +45,84 @@ def move_into(staging: Path, out: Path) -> None:
         os.replace(item, out / item.name)
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the directory a new file's parents are made in)."""
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse, before any work, a path that one output file cannot be written to: empty, a directory,
+    under a file, or in a directory this process cannot write to. ``what`` names the flag. Missing
+    parent directories are fine (``atomic_path`` makes them); nothing is created here."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise HeedError(f"{what} is empty; give a file path, e.g. {what} out.json")
+    if text.endswith(("/", os.sep)):
+        raise HeedError(f"{what} {text}: ends in '/', so it names a directory; give a file path in it")
+    out = Path(text).expanduser()
+    if out.is_dir():
+        raise HeedError(f"{what} {text}: a directory, not a file; give a file path in it")
+    if out.exists() and not out.is_file():
+        raise HeedError(f"{what} {text}: not a regular file; give another path")
+    base = _nearest_existing(out.parent)
+    if not base.is_dir():
+        raise HeedError(f"{what} {text}: {base} is a file, not a directory; give another path")
+    if base == out.parent:  # try it: os.access is fooled by root, read-only mounts and ACLs
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise HeedError(f"{what} {text}: cannot write in {base} ({e.strerror or type(e).__name__}); "
+                            "choose a writable directory") from None
+    elif not os.access(base, os.W_OK | os.X_OK):
+        raise HeedError(f"{what} {text}: cannot create its directory in {base} (permission denied); "
+                        "choose a writable directory")
+    return out
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Commands check their output paths first (``check_out_file``); a path that still cannot be made or
+    replaced here (``what`` names its flag) is one line, not a traceback."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    where = f"{what} {path}" if what else str(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise HeedError(f"{where}: cannot write it ({e.strerror or type(e).__name__}); choose another path") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        tmp_path.chmod(0o666 & ~umask())  # mkstemp's 0600 was for the staging only
-        os.replace(tmp_path, path)
+        try:
+            tmp_path.chmod(0o666 & ~umask())  # mkstemp's 0600 was for the staging only
+            os.replace(tmp_path, path)
+        except OSError as e:
+            kind = "a directory" if path.is_dir() else (e.strerror or type(e).__name__)
+            raise HeedError(f"{where}: cannot write it ({kind}); choose another path") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def write_text(path: str | os.PathLike, text: str, what: str = "") -> None:
+    with atomic_path(path, what) as tmp:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as e:  # a full disk, a quota
+            raise HeedError(f"{f'{what} ' if what else ''}{path}: cannot write it "
+                            f"({e.strerror or type(e).__name__}); free some space or choose another path") from None
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, what: str = "") -> None:
+    write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", what)
 
 
 @contextmanager

@@ -15,14 +15,15 @@ from heed.errors import HeedError
 
 def cmd_tasks_make(args: argparse.Namespace) -> int:
     from heed.data.tasks import make_tasks
-    from heed.io import write_json
+    from heed.io import check_out_file, write_json
 
     (cfg,) = validated(args, TasksConfig)
+    check_out_file(args.out)
     try:
         records = make_tasks(cfg.n, cfg.seed, cfg.families)
     except ValueError as e:
         raise HeedError(f"--n {cfg.n}: {e}") from None
-    write_json(args.out, records)
+    write_json(args.out, records, what="--out")
     print(f"wrote {len(records)} task records to {args.out}")
     return 0
 
@@ -77,7 +78,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from heed.evaluate.judge import Judge
     from heed.evaluate.judging import judge_records, raise_if_stopped, run_key
     from heed.evaluate.plot import plot_histogram
-    from heed.io import write_json
+    from heed.io import check_out_file, write_json
     from heed.runtime.progress import progress
 
     cfg, spec = _judge_spec(args)
@@ -85,14 +86,17 @@ def cmd_judge(args: argparse.Namespace) -> int:
     judge = Judge(spec)  # its --deadline counts from here
     source = Path(args.responses)
     stem = source.stem.removesuffix("-with-response")
-    out = Path(args.out) if args.out else source.with_name(f"{stem}-judged.json")
+    out = check_out_file(args.out if args.out is not None else source.with_name(f"{stem}-judged.json"))
+    if out.suffix == ".png":
+        raise HeedError(f"--out {out}: the histogram is written beside it as {out.name}; give a .json path")
+    check_out_file(out.with_suffix(".png"), "--out (its histogram)")
     key = run_key(judge.spec.identity(), cfg.template, records)
     done = _resume(out, key, len(records), cfg.fresh)
     with progress(len(records), "judge", "record", initial=len(done)) as bar:
         judged, summary = judge_records(records, get_template(cfg.template), judge.ask,
                                         concurrency=cfg.concurrency, progress=bar.update, done=done)
     if not any(r.get("judge_replies") for r in judged):  # the judge answered nothing: leave any earlier file alone
-        raise_if_stopped(summary, None, "records")
+        raise_if_stopped(summary, None, "records", out)
     name = judge.spec.name
     write_json(out, key | {"url": judge.spec.url, "complete": summary.stopped is None, "summary": summary.to_dict(),
                            "records": judged})
@@ -109,20 +113,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from heed.data.templates import get_template
     from heed.evaluate.judge import Judge
     from heed.evaluate.judging import compare_records, raise_if_stopped, run_key
-    from heed.io import write_json
+    from heed.io import check_out_file, write_json
     from heed.runtime.progress import progress
 
     cfg, spec = _judge_spec(args)
     a, b = _load_responses(args.a), _load_responses(args.b)
     judge = Judge(spec)  # its --deadline counts from here
-    out = Path(args.out) if args.out else Path(args.a).with_name(f"{Path(args.a).stem}-vs-{Path(args.b).stem}.json")
+    out = check_out_file(args.out if args.out is not None
+                         else Path(args.a).with_name(f"{Path(args.a).stem}-vs-{Path(args.b).stem}.json"))
     key = run_key(judge.spec.identity(), cfg.template, a, b)
     done = _resume(out, key, len(a), cfg.fresh) if len(a) == len(b) else {}
     with progress(len(a), "compare", "pair", initial=len(done)) as bar:
         rows, summary = compare_records(a, b, get_template(cfg.template), judge.ask, concurrency=cfg.concurrency,
                                         progress=bar.update, done=done)
     if not any(r.get("judge_replies") for r in rows):  # the judge answered nothing: leave any earlier file alone
-        raise_if_stopped(summary, None, "pairs")
+        raise_if_stopped(summary, None, "pairs", out)
     write_json(out, {"a": args.a, "b": args.b} | key | {"url": judge.spec.url, "complete": summary.stopped is None,
                                                          "summary": summary.to_dict(), "records": rows})
     print(summary.render(args.a, args.b))
@@ -163,7 +168,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("judge", help="score responses 0-100 with an LLM judge (Ollama or OpenAI-compatible)",
                        description="Writes <name>-judged.json with per-record scores and raw replies, a histogram "
-                                   "PNG beside it, and prints n scored, mean with a 95%% bootstrap CI and median.")
+                                   "PNG beside it, and prints n scored, mean with a 95% bootstrap CI and median.")
     p.add_argument("--responses", required=True, help="a *-with-response.json file")
     _judge_args(p)
     p.set_defaults(func=cmd_judge)

@@ -47,13 +47,21 @@ def test_responses(trained: Trained, out: Path, log: Log) -> None:
     gen = GenerateConfig(max_new_tokens=trained.run.train.max_new_tokens, batch_size=trained.run.train.gen_batch_size)
     world = distributed.world()  # under torchrun each rank answers its share; rank 0 writes
     mine = list(range(world.rank, len(test), world.size))
-    answers = generate_responses(trained.model, trained.tokenizer, trained.template, [test[i] for i in mine], gen)
-    responses = [""] * len(test)
-    for indices, texts in distributed.gather((mine, answers)):
+    stats: dict[str, Any] = {}
+    answers = generate_responses(trained.model, trained.tokenizer, trained.template, [test[i] for i in mine], gen,
+                                 stats=stats)
+    responses, cut = [""] * len(test), []
+    for indices, texts, short in distributed.gather((mine, answers, [mine[i] for i in stats["cut"]])):
         for i, text in zip(indices, texts):
             responses[i] = text
+        cut += short
     if not world.main:
         return
+    if cut:  # the model is saved: a prompt too long for the context costs its response's tail, not the run
+        names = ", ".join(str(test[i].index) for i in sorted(cut)[:10]) + (" …" if len(cut) > 10 else "")
+        log(f"note: {len(cut)} test record(s) ({names}) left fewer than --max-new-tokens {gen.max_new_tokens} "
+            "tokens of the model's context after the prompt; their responses were cut to fit (empty where the "
+            "prompt fills the context)")
     path = out / "test-with-response.json"
     # A conversation's reference is its last reply, kept as "output" for scoring.
     records = [row | {"output": r.output} if r.turns is not None and "output" not in row else row
@@ -67,7 +75,15 @@ def test_responses(trained: Trained, out: Path, log: Log) -> None:
 
 def finetune(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _log,
              fast: FastPath = FastPath(), on_step: Callable[[LoopState], None] | None = None) -> Trained:
-    """Train, write the model and its records to ``run.train.out``, then answer and score the test split."""
+    """Train, write the model and its records to ``run.train.out``, then answer and score the test split.
+
+    ``--max-new-tokens`` is checked against the model's context (its config, no weights) before training,
+    so that a run cannot fail after it trained; a test prompt too long for what is left is cut to fit."""
+    if run.train.generate_test and run.train.model:
+        from heed.generate.responses import check_new_tokens
+        from heed.model import context_length, model_config
+
+        check_new_tokens(run.train.max_new_tokens, context_length(model_config(run.train.model)))
     on_epoch_end = epoch_sample(log) if run.train.sample_every_epoch else None
     trained = train(run, resume=resume, log=log, fast=fast, on_step=on_step, on_epoch_end=on_epoch_end)
     world = distributed.world()

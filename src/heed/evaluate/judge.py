@@ -65,9 +65,11 @@ class JudgeSpec:
     def parse(cls, spec: str, url: str | None = None, **kw: Any) -> "JudgeSpec":
         backend, sep, model = spec.partition(":")
         if backend == "ollama":
-            model = model if sep and model else "llama3"
+            if sep and not model.strip():
+                raise HeedError(f"--judge {spec} needs a model name after 'ollama:', e.g. ollama:llama3")
+            model = model if sep else "llama3"
         elif backend == "openai":
-            if not model:
+            if not model.strip():
                 raise HeedError("--judge openai:MODEL needs a model name, e.g. openai:qwen2.5-7b-instruct")
             if not url:
                 raise HeedError("--judge openai:... needs --url, the server's base URL (e.g. http://localhost:8000/v1)")

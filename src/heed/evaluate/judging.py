@@ -305,12 +305,17 @@ def resumable(out: Path, key: dict[str, Any], total: int) -> tuple[dict[int, dic
     return {i: row for i, row in enumerate(rows) if isinstance(row, dict) and "judge_error" not in row}, None
 
 
-def raise_if_stopped(summary: JudgeSummary | CompareSummary, out: Path | None, unit: str) -> None:
-    """A run that stopped early ends with one line: why, what was kept in ``out`` (None: nothing) and how to go on."""
+def raise_if_stopped(summary: JudgeSummary | CompareSummary, out: Path | None, unit: str,
+                     untouched: Path | None = None) -> None:
+    """A run that stopped early ends with one line: why, what was kept in ``out`` and how to go on. ``out``
+    None: nothing was judged, so nothing was written, and ``untouched`` (the output path) was left as it was:
+    a file that held nothing judged would give a re-run nothing to reuse, and would replace an earlier run."""
     if not summary.stopped:
         return
     if out is None:
-        raise HeedError(summary.stopped)
+        where = f"; {untouched} was not written" if untouched is not None else ""
+        raise HeedError(f"{summary.stopped}; no {unit[:-1]} was judged{where}; run the same command again "
+                        "once the judge answers")
     left = len(summary.unjudged)
     raise HeedError(f"{summary.stopped}; {summary.total - left} of {summary.total} {unit} judged and saved in {out}; "
                     f"run the same command again to judge the other {left}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heed.errors import HeedError
-from heed.io import invalid_json, write_text
+from heed.io import check_out_file, read_json, read_text, write_text
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -36,30 +36,134 @@ tr.style.display=hit?'':'none';}}
 """
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+TRAIN_FIX = "delete it to leave its section out of the report, or train again"
+JUDGE_FIX = "delete it, or run heed judge again"
+
+
+class _Damaged(Exception):
+    """What is wrong with a run file's content (the caller adds the file and the fix)."""
+
+
+def _need(ok: bool, problem: str) -> None:
+    if not ok:
+        raise _Damaged(problem)
+
+
+def _number(value: Any, optional: bool = True) -> bool:
+    return (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _read_json(path: Path, check: Any, fix: str) -> Any:
+    """A run file's JSON (None when there is none), its shape checked by ``check``: a damaged file is one
+    line naming it and the fix, never a traceback halfway through the page."""
+    if not path.exists():
         return None
-    except json.JSONDecodeError as e:
-        raise HeedError(invalid_json(path, e)) from None
+    try:
+        value = read_json(path)
+    except HeedError as e:
+        raise HeedError(f"{e.problems[0]}; {fix}") from None
+    try:
+        check(value)
+    except _Damaged as e:
+        raise HeedError(f"{path}: {e}; {fix}") from None
+    return value
+
+
+def _check_meta(meta: Any) -> None:
+    _need(isinstance(meta, dict), "expected a JSON object (the run's metadata)")
+    config = meta.get("config", {})
+    _need(isinstance(config, dict) and all(isinstance(config.get(k, {}), dict) for k in ("train", "data")),
+          "'config' is not an object with 'train' and 'data' objects")
+    _need(_number(meta.get("train_seconds", 0), optional=False), "'train_seconds' is not a number")
+
+
+def _check_audit(audit: Any) -> None:
+    _need(isinstance(audit, dict), "expected a JSON object (the data audit)")
+    if not audit:
+        return
+    missing = [k for k in AUDIT_LISTS + ("records", "split", "empty_inputs", "supervised_share") if k not in audit]
+    _need(not missing, f"missing {', '.join(map(repr, missing))}")
+    _need(all(isinstance(audit[k], list) for k in AUDIT_LISTS), "a finding is not a list")
+    _need(isinstance(audit["split"], dict), "'split' is not an object")
+    _need(isinstance(audit.get("lengths", {}), dict), "'lengths' is not an object")
+    _need(_number(audit["supervised_share"], optional=False), "'supervised_share' is not a number")
+
+
+def _check_scores(scores: Any) -> None:
+    _need(isinstance(scores, dict), "expected a JSON object (the test scores)")
+    for key in ("exact_match", "rouge_l", "task_overall"):
+        _need(_number(scores.get(key)), f"'{key}' is not a number")
+    _need(scores.get("rouge_l") is None or (scores.get("exact_match") is not None and "n" in scores),
+          "'exact_match' or 'n' is missing")
+    families = scores.get("task_accuracy") or {}
+    _need(isinstance(families, dict) and all(isinstance(r, dict) and "n" in r and _number(r.get("accuracy"), False)
+                                             for r in families.values()),
+          "'task_accuracy' is not an object of {n, accuracy} per family")
+
+
+def _check_responses(records: Any) -> None:
+    _need(isinstance(records, list), "expected a JSON list of records")
+    for i, r in enumerate(records):
+        _need(isinstance(r, dict), f"record {i} is not an object")
+        for key in ("instruction", "task"):
+            _need(isinstance(r.get(key, ""), str), f"record {i}: '{key}' is not a string")
+
+
+def _check_judged(judged: Any) -> None:
+    _need(isinstance(judged, dict), "expected a JSON object (a heed judge run)")
+    s = judged.get("summary", {})
+    _need(isinstance(s, dict), "'summary' is not an object")
+    _need(isinstance(s.get("failed", []), list), "'summary.failed' is not a list")
+    ci = s.get("ci95")
+    _need(ci is None or (isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci)),
+          "'summary.ci95' is not a pair of numbers")
+    if s.get("mean") is not None:
+        _need(_number(s["mean"]) and ci is not None and None not in ci and "scored" in s and "total" in s,
+              "'summary' has a mean but no ci95, scored or total")
+    records = judged.get("records", [])
+    _need(isinstance(records, list) and all(isinstance(r, dict) for r in records), "'records' is not a list of objects")
+    for i, r in enumerate(records):
+        _need(_number(r.get("judge_score")), f"record {i}: 'judge_score' is not a number")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one JSON object per line, each with the columns the loss table shows."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise HeedError(f"{path}: line {number}: invalid JSON ({why}); remove that line, or {TRAIN_FIX}") from None
+        if not (isinstance(row, dict) and all(k in row for k in METRIC_COLUMNS)):
+            raise HeedError(f"{path}: line {number}: expected an object with {', '.join(METRIC_COLUMNS)}; "
+                            f"remove that line, or {TRAIN_FIX}")
+        rows.append(row)
+    return rows
+
+
+AUDIT_LISTS = ("over_max_length", "exact_duplicates", "near_duplicates", "conflicting_outputs", "test_in_train")
+METRIC_COLUMNS = ("step", "epoch", "tokens_seen", "train_loss")
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise HeedError(f"{run_dir}: no such run directory")
-    meta = _read_json(run_dir / "heed.json")
+    meta = _read_json(run_dir / "heed.json", _check_meta, "restore it from a copy, or train again")
     if meta is None:
         raise HeedError(f"{run_dir}: no heed.json here; point heed report at a directory written by heed train")
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
-        if metrics_path.is_file() else []
+    metrics = _read_metrics(run_dir / "metrics.jsonl")
     judged = {}
     for path in sorted(run_dir.glob("*-judged.json")):
-        judged[path.name] = _read_json(path) | {"_png": path.with_suffix(".png")}
-    return {"dir": run_dir, "meta": meta, "metrics": metrics, "audit": _read_json(run_dir / "audit.json"),
-            "responses": _read_json(run_dir / "test-with-response.json") or [],
-            "scores": _read_json(run_dir / "test-scores.json"), "judged": judged}
+        judged[path.name] = _read_json(path, _check_judged, JUDGE_FIX) | {"_png": path.with_suffix(".png")}
+    return {"dir": run_dir, "meta": meta, "metrics": metrics,
+            "audit": _read_json(run_dir / "audit.json", _check_audit, TRAIN_FIX),
+            "responses": _read_json(run_dir / "test-with-response.json", _check_responses, TRAIN_FIX) or [],
+            "scores": _read_json(run_dir / "test-scores.json", _check_scores, TRAIN_FIX), "judged": judged}
 
 
 def _img(path: Path) -> str:
@@ -204,6 +308,8 @@ def render_markdown(data: dict[str, Any]) -> str:
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     data = collect(Path(run_dir))
     html_path, md_path = data["dir"] / "report.html", data["dir"] / "report.md"
+    for path in (html_path, md_path):
+        check_out_file(path, "RUN_DIR: the report")
     write_text(html_path, render_html(data))
     write_text(md_path, render_markdown(data))
     return html_path, md_path

@@ -17,6 +17,7 @@ from heed.data.encode import eos_id, record_prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
 from heed.generate.decode import DynamicDecoder, StaticDecoder
+from heed.model import context_length
 from heed.model.attention import attention_backends
 from heed.runtime.device import autocast, resolve_precision
 from heed.errors import HeedError
@@ -49,8 +50,12 @@ CHECK_EVERY_CUDA = 16  # decoding steps between "all rows finished?" checks on C
 def generate_ids(
     model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, eos: int, cfg: GenerateConfig = GenerateConfig(),
     generator: torch.Generator | None = None, decoder: Any = None, check_every: int | None = None,
+    limits: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (EOS not included). One batch; call in chunks for more.
+
+    ``limits``: each row's own cap on new tokens (at most ``cfg.max_new_tokens``; ``room`` gives the caps
+    that keep every row inside the model's context), each at least 1.
 
     Prompts are left-padded; position ids count only real tokens, so a row's result does not depend
     on what else is in the batch. ``decoder`` (``heed.generate.decode``) is made from ``cfg.cache`` when not given;
@@ -68,7 +73,8 @@ def generate_ids(
     decoder = make_decoder(model, cfg) if decoder is None else decoder
     device = next(model.parameters()).device
     check_every = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
-    width, steps = max(len(p) for p in prompts), cfg.max_new_tokens
+    limits = [cfg.max_new_tokens] * len(prompts) if limits is None else [min(n, cfg.max_new_tokens) for n in limits]
+    width, steps = max(len(p) for p in prompts), max(limits)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, p in enumerate(prompts):
@@ -78,6 +84,10 @@ def generate_ids(
     prompt_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     positions = prompt_positions[:, -1:]  # (B, 1): the last prompt token's; +1 for each new token
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    limit = torch.tensor(limits, device=device)  # (B,)
+    # A row past its limit is finished and its tokens unused; its positions stop at its last real one
+    # so that a neighbour's steps never ask a position embedding beyond the model's context.
+    last_position = prompt_positions[:, -1] + limit - 1  # (B,)
     tokens = torch.full((len(prompts), steps), pad_id, dtype=torch.long, device=device)  # (B, max_new)
     pad = torch.full((len(prompts),), pad_id, dtype=torch.long, device=device)
     rng = _sampling_rng(cfg, generator, device)
@@ -89,15 +99,15 @@ def generate_ids(
             for i in range(steps):
                 token = torch.where(finished, pad, _next_token(logits.float(), cfg, generator))  # (B,)
                 tokens[:, i] = token
-                finished |= token == eos
+                finished |= (token == eos) | (limit <= i + 1)
                 if rng is not None:
                     states.append(rng.get_state())
                 if i == steps - 1 or ((i + 1) % check_every == 0 and bool(finished.all())):
                     break
-                positions = positions + 1
+                positions = torch.minimum(positions + 1, last_position[:, None])
                 logits = decoder.step(token[:, None], positions)
     model.train(was_training)
-    out = [row[:row.index(eos)] if eos in row else row for row in tokens.tolist()]  # the one sync
+    out = [(row[:row.index(eos)] if eos in row else row)[:n] for row, n in zip(tokens.tolist(), limits)]  # the one sync
     if rng is not None:
         last = max((len(row) for row in out), default=0)  # the step at which the last row ended
         rng.set_state(states[min(last, len(states) - 1)])
@@ -137,16 +147,27 @@ def resolve_cache(cache: str, device: torch.device) -> str:
 
 def generate_responses(
     model: Any, tokenizer: Any, template: Template, records: Sequence[Record], cfg: GenerateConfig = GenerateConfig(),
-    *, progress: Callable[[int], None] | None = None, stats: dict[str, float] | None = None,
+    *, progress: Callable[[int], None] | None = None, stats: dict[str, Any] | None = None,
 ) -> list[str]:
     """Extracted responses for records, generated in batches of ``cfg.batch_size``.
 
     Records are processed longest prompt first so that rows in a batch need little padding. ``stats``,
-    when given, receives ``tokens`` (new tokens, EOS not counted) and ``seconds`` (compiling included).
+    when given, receives ``tokens`` (new tokens, EOS not counted), ``seconds`` (compiling included) and
+    ``cut``: the indices of the records whose prompt left fewer than ``cfg.max_new_tokens`` tokens of the
+    model's context, whose responses were capped to fit (empty when the prompt fills the context).
+    Commands refuse or report those before generating (``room``); the cap keeps any other caller inside
+    the context.
     """
     started = time.perf_counter()
     prompts = record_prompt_ids(records, tokenizer, template)  # the records' text stays plain text
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    longest = max(map(len, prompts), default=0)
+    context = context_length(model.config) if hasattr(model, "config") else longest + cfg.max_new_tokens
+    limits = room([len(p) for p in prompts], cfg.max_new_tokens, context)
+    if stats is not None:
+        stats["cut"] = [i for i, n in enumerate(limits) if n < cfg.max_new_tokens]
+    order = sorted((i for i in range(len(prompts)) if limits[i] > 0), key=lambda i: -len(prompts[i]))
+    if progress and len(order) < len(prompts):
+        progress(len(prompts) - len(order))  # no room to answer: left empty
     device = next(model.parameters()).device
     precision = resolve_precision(cfg.precision, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
@@ -157,7 +178,7 @@ def generate_responses(
         chunk = order[start:start + cfg.batch_size]
         with autocast(precision, device):
             new = generate_ids(model, [prompts[i] for i in chunk], pad_id=pad, eos=eos_id(tokenizer), cfg=cfg,
-                               generator=generator, decoder=decoder)
+                               generator=generator, decoder=decoder, limits=[limits[i] for i in chunk])
         if stats is not None:
             stats["tokens"] = stats.get("tokens", 0) + sum(len(ids) for ids in new)
         for i, ids in zip(chunk, new):
@@ -167,6 +188,23 @@ def generate_responses(
     if stats is not None:
         stats["seconds"] = time.perf_counter() - started
     return responses
+
+
+def check_new_tokens(max_new_tokens: int, context: int, flag: str = "--max-new-tokens") -> None:
+    """Refuse, before any model loads, more new tokens than the model's context holds with a prompt."""
+    if max_new_tokens >= context:
+        raise HeedError(f"{flag} {max_new_tokens}: the model's context is {context} tokens, prompt and response "
+                        f"together; lower {flag} below {context} (the prompt needs room too)")
+
+
+def room(prompt_lengths: Sequence[int], max_new_tokens: int, context: int) -> list[int]:
+    """New tokens each prompt may have: ``max_new_tokens``, less what would run past the model's context
+    (prompt and response together, as ``heed serve`` counts them); 0 or less: the prompt alone fills it.
+
+    >>> room([10, 1000, 1030], 100, 1024)
+    [100, 24, -6]
+    """
+    return [min(max_new_tokens, context - n) for n in prompt_lengths]
 
 
 def responses_path(data: str | Path, out_dir: str | Path | None = None) -> Path:
