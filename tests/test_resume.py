@@ -103,12 +103,33 @@ def test_flags_with_resume_are_applied_or_refused(tmp_path, data_file, capsys):
     assert json.loads((run / "heed.json").read_text())["steps"] == 6
 
 
+def test_flags_that_repeat_the_stored_values_are_accepted(tmp_path, data_file, capsys):
+    run = cut_run(tmp_path, data_file)
+    same = ["--lr", "0.001", "--batch-size", "2", "--data", str(tmp_path / "data.json"), "--out", str(run),
+            "--model", "random:gpt2-tiny", "--precision", "fp32", "train.eval_every=2"]
+    assert main(["train", "--resume", str(run), *same, "--max-steps", "5"]) == 0
+    assert json.loads((run / "heed.json").read_text())["steps"] == 5
+    # a changed value is still refused, named as it was written
+    assert main(["train", "--resume", str(run), "--lr", "0.001", "--eval-batches", "3", "train.seed=7"]) == 2
+    assert "--eval-batches, train.seed cannot change when a run is resumed" in capsys.readouterr().err
+
+
+def test_a_run_that_ended_mid_epoch_is_described_in_steps(tmp_path, data_file, capsys):
+    run = tmp_path / "run"  # 3 steps an epoch; it stops at step 4, in the second
+    assert main(["train", "--model", "random:gpt2-tiny", "--data", data_file, "--out", str(run), "--max-steps", "4",
+                 "--checkpoint-every", "2", "--batch-size", "2", "--precision", "fp32", "--no-sample", "--no-generate",
+                 "--train-frac", "0.6", "--test-frac", "0.2"]) == 0
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "that run finished after 4 steps; there is nothing to resume" in err and "epoch" not in err.split(";")[0]
+
+
 def test_a_finished_run_is_not_resumed_unless_it_can_go_further(tmp_path, data_file, capsys):
     run = cut_run(tmp_path, data_file, checkpoint_every=2)
     assert main(["train", "--resume", str(run)]) == 0  # the cut run goes on to the end
     assert json.loads((run / "checkpoint" / "state.json").read_text())["finished"] is True
     assert main(["train", "--resume", str(run)]) == 2
-    assert "that run finished after 3 epochs (step 9); there is nothing to resume" in capsys.readouterr().err
+    assert "that run finished after 9 steps (3 epochs); there is nothing to resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "4"]) == 0
     assert json.loads((run / "heed.json").read_text())["steps"] == 12
 

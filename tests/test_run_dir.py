@@ -47,12 +47,36 @@ def test_a_non_empty_out_needs_overwrite_which_removes_stale_outputs(tmp_path, d
 
 
 def test_temporaries_of_a_killed_run_are_cleared(tmp_path, data_file):
-    out = tmp_path / "run"
-    (out / ".model.abc123").mkdir(parents=True)
-    (out / ".model.abc123" / "model.safetensors").write_bytes(b"half")
-    (out / ".checkpoint.x1.tmp").mkdir()
+    out = tmp_path / "run"  # named as heed.io's tempfile staging names them
+    (out / ".staging.k2_9xq0a").mkdir(parents=True)
+    (out / ".staging.k2_9xq0a" / "model.safetensors").write_bytes(b"half")
+    (out / ".model.abc12345").mkdir()  # an earlier heed's staging
+    (out / ".checkpoint.x1y2z3w4.tmp").mkdir()
+    (out / ".checkpoint.x1y2z3w4.old").mkdir()
+    (out / ".metrics.jsonl.q0w9e8r7.tmp").write_text("half")
     assert main(["train", "--data", data_file, "--out", str(out), *TINY, "--no-generate"]) == 0
     assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_overwrite_removes_only_what_heed_writes(tmp_path, data_file, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", data_file, "--out", str(out), *TINY, "--no-generate"]) == 0
+    mine = ["tokenizer_notes.txt", "tokenizer-v2.json", "mine.safetensors", "model.safetensors.bak",
+            ".notes.tmp", ".draft.abcdefgh.tmp", ".staging", "checkpoints"]
+    for name in mine:
+        (out / name).write_text("mine")
+    assert main(["train", "--data", data_file, "--out", str(out), *TINY, "--no-generate", "--overwrite"]) == 0
+    assert all((out / name).read_text() == "mine" for name in mine)
+    assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_a_file_that_only_looks_temporary_is_not_ignored(tmp_path, data_file, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("mine")
+    assert main(["train", "--data", data_file, "--out", str(out), *TINY, "--no-generate"]) == 2
+    assert "not empty (1 entries, e.g. .notes.tmp)" in capsys.readouterr().err
+    assert (out / ".notes.tmp").read_text() == "mine"
 
 
 def test_a_diverging_loss_stops_before_the_weights_change(tmp_path, data_file, monkeypatch):
@@ -73,7 +97,7 @@ def test_a_diverging_loss_stops_before_the_weights_change(tmp_path, data_file, m
                     TrainConfig(model="random:gpt2-tiny", out=str(tmp_path / "run"), batch_size=2, epochs=2,
                                 precision="fp32", checkpoint_every=1, sample_every_epoch=False, generate_test=False))
     with pytest.raises(HeedError, match=r"step 3: the training loss is nan; training stopped before the weights "
-                                        r"changed and the last checkpoint .* is kept"):
+                                        r"changed and the last checkpoint \(step 2, in .*\) is kept"):
         finetune(run, log=quiet)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["loop"]["step"] == 2 and not (tmp_path / "run" / "model.safetensors").exists()
@@ -103,3 +127,22 @@ def test_the_last_metrics_row_does_not_count_time_twice(tmp_path, data_file, mon
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and result.steps == 3
     assert [r["seconds"] for r in rows] == [100.0, 200.0, 300.0] and result.seconds == 300.0
+
+
+def test_a_diverging_loss_before_any_checkpoint_says_none_was_written(tmp_path, data_file, monkeypatch):
+    import heed.train.loop as loop
+
+    real = loop.loss_sum
+
+    def loss_sum(model, batch, precision, device, fast):
+        value = real(model, batch, precision, device, fast)
+        return value * float("nan") if model.training else value
+
+    monkeypatch.setattr(loop, "loss_sum", loss_sum)
+    run = RunConfig(DataConfig(data=data_file, train_frac=0.6, test_frac=0.2),
+                    TrainConfig(model="random:gpt2-tiny", out=str(tmp_path / "run"), batch_size=2, epochs=1,
+                                precision="fp32", checkpoint_every=5, sample_every_epoch=False, generate_test=False))
+    with pytest.raises(HeedError, match=r"step 1: the training loss is nan; training stopped before the weights "
+                                        r"changed and no checkpoint was written\. Lower --lr"):
+        finetune(run, log=quiet)
+    assert not (tmp_path / "run" / "checkpoint").exists()

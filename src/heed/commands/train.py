@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from heed.commands.data import data_flags
 from heed.commands.options import add_config_args, add_flags, check_overrides, configure, dest, given
-from heed.config import DataConfig, LoraConfig, RunConfig, TrainConfig, apply_override, load_file, validate
+from heed.config import (DataConfig, LoraConfig, RunConfig, TrainConfig, apply_override, flag_name, load_file,
+                         validate)
 from heed.errors import HeedError
 
 
@@ -39,32 +40,80 @@ RESUMABLE = ("epochs", "max_steps", "checkpoint_every", "generate_test", "max_ne
 
 
 def resume_config(args: argparse.Namespace, state: dict[str, Any], run_dir: Path) -> RunConfig:
-    """The checkpoint's settings, in ``run_dir``, with the flags that may change on a resume applied."""
+    """The checkpoint's settings, in ``run_dir``, with the flags that may change on a resume applied; a flag
+    that would change anything else is refused, one that repeats the stored value is accepted."""
     check_overrides(args.overrides)
-    run = RunConfig.from_dict(state["config"], f"{run_dir}: checkpoint config")
-    refused = [f for f in given(DataConfig, args) + given(TrainConfig, args) + given(LoraConfig, args)
-               if f not in RESUMABLE] + (["lora"] if args.use_lora else []) + (["config"] if args.config else [])
-    refused += [o.partition("=")[0] for o in args.overrides
-                if o.partition("=")[0].split(".")[-1] not in RESUMABLE]
-    if refused:
-        names = ", ".join(n if "." in n else "--" + n.replace("_", "-") for n in refused)
-        raise HeedError(f"--resume {args.resume}: {names} cannot change when a run is resumed (only "
-                        f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE[:3])} and what happens after "
-                        "training can); start a new run with --out instead")
-    train = replace(configure(TrainConfig, args, run.train), out=str(run_dir))
-    run = RunConfig(run.data, train)
+    stored = stored_config(state, run_dir)
+    train = configure(TrainConfig, args, stored.train)
+    if args.use_lora or given(LoraConfig, args):
+        train = replace(train, lora=configure(LoraConfig, args, stored.train.lora or LoraConfig()))
+    run = RunConfig(configure(DataConfig, args, stored.data), train)
     for assignment in args.overrides:
         run = apply_override(run, assignment)
+    refused = [name for name, path in _given(args) if path[-1] not in RESUMABLE
+               and _changed(stored, run, path, run_dir)] + (["--config"] if args.config else [])
+    if refused:
+        raise HeedError(f"--resume {args.resume}: {', '.join(refused)} cannot change when a run is resumed (only "
+                        f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE[:3])} and what happens after "
+                        "training can); start a new run with --out instead")
+    run = RunConfig(run.data, replace(run.train, out=str(run_dir)))
     validate(run)
     loop = state["loop"]
     if state["finished"] or loop["stopped_early"]:
         more = (run.train.epochs > loop["epoch"] and (run.train.max_steps or 10**12) > loop["step"]
                 and not loop["stopped_early"])
         if not more:
-            why = "stopped early" if loop["stopped_early"] else f"finished after {loop['epoch']} epochs"
-            raise HeedError(f"--resume {args.resume}: that run {why} (step {loop['step']}); there is nothing to "
-                            "resume. To train it further, raise --epochs or --max-steps with --resume")
+            why = (f"stopped early at step {loop['step']}" if loop["stopped_early"]
+                   else f"finished after {_length(loop)}")
+            raise HeedError(f"--resume {args.resume}: that run {why}; there is nothing to resume. To train it "
+                            "further, raise --epochs or --max-steps with --resume")
     return run
+
+
+def stored_config(state: dict[str, Any], run_dir: Path) -> RunConfig:
+    """The run's settings as the checkpoint holds them; settings that do not validate are a damaged checkpoint."""
+    from heed.train.checkpoint import CHECKPOINT, DAMAGED, STATE
+
+    try:
+        stored = RunConfig.from_dict(state["config"], "config")
+        validate(stored)
+    except HeedError as e:
+        more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+        raise HeedError(f"{run_dir / CHECKPOINT / STATE}: 'config': {e.problems[0]}{more}; {DAMAGED}") from None
+    return stored
+
+
+def _given(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """Each setting the command line gives, as (what the user wrote, its path in ``RunConfig.to_dict()``)."""
+    found = [(flag_name(f), [section, f.name]) for cls, section in ((DataConfig, "data"), (TrainConfig, "train"))
+             for f in fields(cls) if f.name in given(cls, args)]
+    found += [(flag_name(f), ["train", "lora", f.name]) for f in fields(LoraConfig)
+              if f.name in given(LoraConfig, args)]
+    found += [("--lora", ["train", "lora"])] if args.use_lora else []
+    return found + [(o.partition("=")[0], o.partition("=")[0].strip().split(".")) for o in args.overrides]
+
+
+def _changed(stored: RunConfig, run: RunConfig, path: list[str], run_dir: Path) -> bool:
+    """Whether the setting at ``path`` differs between the stored run and the resumed one (paths compared as
+    the files they name; --out as the run directory)."""
+    from heed.train.loop import absolute_paths
+
+    if path == ["train", "out"]:
+        return Path(run.train.out or ".").expanduser().resolve() != run_dir.resolve()
+    if path == ["train", "lora"]:
+        return (stored.train.lora is None) != (run.train.lora is None)
+    before, after = absolute_paths(stored).to_dict(), absolute_paths(run).to_dict()
+    for key in path:
+        before = before.get(key) if isinstance(before, dict) else None
+        after = after.get(key) if isinstance(after, dict) else None
+    return before != after
+
+
+def _length(loop: dict[str, Any]) -> str:
+    """``9 steps (3 epochs)``: the epochs only when the run ended at an epoch's end."""
+    steps, epochs = loop["step"], loop["epoch"]
+    whole = f" ({epochs} epoch{'s' if epochs != 1 else ''})" if epochs and not loop["batch_in_epoch"] else ""
+    return f"{steps} step{'s' if steps != 1 else ''}{whole}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -150,11 +150,14 @@ def absolute_paths(run: RunConfig) -> RunConfig:
     return RunConfig(data, replace(run.train, model=model))
 
 
-def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resuming: bool = False) -> Setup:
+def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resuming: bool = False,
+          resume: dict[str, Any] | None = None) -> Setup:
     """Validate the configuration, load and encode the data, then load the model and make the optimizer.
 
-    Everything about the data is checked before the model loads.
+    Everything about the data is checked before the model loads, and a checkpoint to ``resume`` from
+    (``checkpoint.load``) against the model, optimizer and schedule before anything in --out changes.
     """
+    resuming = resuming or resume is not None
     validate(run)
     tcfg = run.train
     if not tcfg.model:
@@ -202,15 +205,14 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
         f"train {report.summary()}")
 
     model = load_model(tcfg.model, seed=tcfg.seed, fast=fast)
-    if world.main:
-        clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
-    distributed.barrier()
     if tcfg.lora:
         if precision == "bf16":
             # Frozen weights need no fp32 master copy: holding them in bf16 saves autocast's cast of
             # every weight on every step. Adapters stay fp32.
             model = model.to(torch.bfloat16)
         model = add_adapters(model, tcfg.lora)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}  # as a checkpoint holds them
+    trained = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
     sharding = world.distributed and tcfg.fsdp
     if not sharding:  # sharded, each rank's shards go to its device, never the whole model
         model.to(device)
@@ -230,6 +232,11 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
     if tcfg.max_steps:
         total_steps = min(total_steps, tcfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
+    if resume is not None:
+        checkpoint.check_fits(resume, weights=shapes, trained=trained, optimizer=optimizer, scheduler=scheduler)
+    if world.main:
+        clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
+    distributed.barrier()
     log(f"model: {tcfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{sum(p.numel() for p in trainable) / 1e6:.2f}M trained) on {device}, {precision}"
         + (", mimalloc" if device.type == "cpu" and allocator.loaded() else "")
@@ -244,8 +251,11 @@ class Loop:
     """The loop over one run's steps; ``state`` is all that changes, and all a checkpoint needs."""
 
     def __init__(self, s: Setup, state: LoopState, best: dict[str, torch.Tensor] | None, log: Log,
-                 on_step: Callable[[LoopState], None] | None, on_epoch_end: Callable[[Setup, int], None] | None):
+                 on_step: Callable[[LoopState], None] | None, on_epoch_end: Callable[[Setup, int], None] | None,
+                 saved_step: int | None = None):
         self.s, self.state, self.best = s, state, best
+        self.saved_step = saved_step  # the step of the checkpoint in --out (None: there is none)
+        self.evaluated: int | None = None  # the step whose weights the last evaluation found finite
         self.log = log if distributed.world().main else _silent
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
         self.cfg = s.run.train
@@ -259,6 +269,8 @@ class Loop:
         """Rank 0 writes (under torchrun every rank holds the same weights and optimizer state; sharded, they
         are gathered onto rank 0 first, so the checkpoint is the one a single process writes)."""
         s = self.s
+        if self.evaluated != self.state.step:
+            self.check_finite()
         weights = moments = None
         if isinstance(s.parallel, Sharded):
             weights, moments = s.parallel.full_state(s.optimizer)
@@ -267,17 +279,54 @@ class Loop:
                             loop=asdict(self.state), config=s.run.to_dict(), best_state=self.best, finished=finished,
                             weights=weights, optimizer_state=moments)
         distributed.barrier()
+        self.saved_step = self.state.step
         return self.out / checkpoint.CHECKPOINT
 
+    def kept(self) -> str:
+        """What a stopped run leaves to resume from."""
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint (step {self.saved_step}, in {self.out / checkpoint.CHECKPOINT}) is kept"
+
+    def diverged(self, what: str) -> HeedError:
+        return HeedError(f"step {self.state.step}: {what}: the weights have diverged; training stopped without "
+                         f"saving them and {self.kept()}. Lower --lr (now {self.cfg.lr})")
+
+    def eval_kw(self, num_batches: int) -> dict[str, Any]:
+        s, cfg = self.s, self.cfg
+        return dict(batch_size=cfg.batch_size, pad_id=s.tokenizer.pad_token_id, num_batches=num_batches,
+                    precision=s.precision, device=s.device, static=cfg.compile, fast=s.fast, parallel=s.parallel)
+
+    def check_finite(self) -> None:
+        """Before a checkpoint of weights no evaluation has seen: they are finite, and so is the loss of one
+        batch (held-out if there is one), so that no checkpoint holds a diverged state."""
+        s = self.s
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in s.model.parameters()]  # sharded: this rank's
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in local]).all()) if local else True
+        if distributed.all_sum([0.0 if finite else 1.0], s.device)[0]:
+            raise self.diverged("the weights are no longer finite")
+        held_out = bool(s.val_examples)
+        loss = evaluate(s.model, s.val_examples or s.train_examples, **self.eval_kw(1))
+        if not math.isfinite(loss):
+            raise self.diverged(f"the loss of one {'validation' if held_out else 'training'} batch is {loss}")
+        self.evaluated = self.state.step
+
     def evaluate(self) -> dict[str, Any]:
+        """Evaluate, log and track the best; a loss that is not finite stops the run (the weights have diverged:
+        they are not saved, nor is any later state)."""
         s, cfg, state = self.s, self.cfg, self.state
-        kw = dict(batch_size=cfg.batch_size, pad_id=s.tokenizer.pad_token_id, num_batches=cfg.eval_batches,
-                  precision=s.precision, device=s.device, static=cfg.compile, fast=s.fast, parallel=s.parallel)
+        kw = self.eval_kw(cfg.eval_batches)
         row = {"step": state.step, "epoch": min(state.epoch + 1, cfg.epochs), "tokens_seen": state.tokens_seen,
                "train_loss": evaluate(s.model, s.train_examples, **kw), "val_loss": evaluate(s.model, s.val_examples, **kw),
                "lr": s.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)}
-        state.metrics.append(row)
         val = row["val_loss"]
+        self.log(f"ep {row['epoch']} step {row['step']:>5}: train loss {row['train_loss']:.3f}, "
+                 + (f"val loss {val:.3f}" if val is not None else "no val") + f", tokens seen {row['tokens_seen']:,}")
+        for key, name in (("val_loss", "the validation loss"), ("train_loss", "the loss on the training examples")):
+            if row[key] is not None and not math.isfinite(row[key]):
+                raise self.diverged(f"{name} is {row[key]}")
+        self.evaluated = state.step
+        state.metrics.append(row)
         if val is not None and (state.best_val is None or val < state.best_val - cfg.min_delta):
             state.best_val, state.best_step, state.bad_evals = val, state.step, 0
             if cfg.patience and isinstance(s.parallel, Sharded):
@@ -286,8 +335,6 @@ class Loop:
                 self.best = {n: p.detach().cpu().clone() for n, p in s.model.named_parameters() if p.requires_grad}
         elif val is not None:
             state.bad_evals += 1
-        self.log(f"ep {row['epoch']} step {row['step']:>5}: train loss {row['train_loss']:.3f}, "
-                 + (f"val loss {val:.3f}" if val is not None else "no val") + f", tokens seen {row['tokens_seen']:,}")
         return row
 
     def step(self, examples: list[Example]) -> float:
@@ -296,10 +343,8 @@ class Loop:
         try:
             loss = self.train_step(examples, pack)
         except NonFiniteLoss as e:
-            kept = (f"the last checkpoint ({self.out / checkpoint.CHECKPOINT}) is kept" if cfg.checkpoint_every
-                    else "nothing was saved")
             raise HeedError(f"step {state.step + 1}: {e}; training stopped before the weights changed and "
-                            f"{kept}. Lower --lr (now {cfg.lr}) or check the data") from None
+                            f"{self.kept()}. Lower --lr (now {cfg.lr}) or check the data") from None
         state.step += 1
         state.batch_in_epoch += 1
         state.tokens_seen += sum(len(e.input_ids) - 1 for e in examples)
@@ -345,6 +390,7 @@ class Loop:
         except KeyboardInterrupt:
             bar.close()
             state.seconds = self.elapsed()
+            self.evaluated = None  # cut mid-step, the weights may be newer than the last evaluation
             path = self.save_checkpoint()
             self.log(f"interrupted at step {state.step}; checkpoint saved to {path}; "
                      f"continue with: heed train --resume {self.out}")
@@ -362,19 +408,20 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
     but checkpoints). ``resume`` is a loaded checkpoint; ``on_step`` is called after every step (it may
     raise KeyboardInterrupt to stop the run with a checkpoint) and ``on_epoch_end(setup, epoch)`` after
     every epoch."""
-    s = setup(run, fast=fast, log=log, resuming=resume is not None)
+    s = setup(run, fast=fast, log=log, resume=resume)
     state, best = LoopState(), None
     if resume:
+        moments = checkpoint.optimizer_state(resume, s.optimizer)  # setup checked that it fits
         if isinstance(s.parallel, Sharded):  # every rank read the whole checkpoint; each keeps its shard
-            s.parallel.load_full_state(s.optimizer, resume["model"], resume["optimizer"])
+            s.parallel.load_full_state(s.optimizer, resume["model"], moments)
         else:
             s.model.load_state_dict(resume["model"])
-            s.optimizer.load_state_dict(resume["optimizer"])
+            s.optimizer.load_state_dict(moments)
         s.scheduler.load_state_dict(resume["scheduler"])
         state, best = LoopState(**resume["loop"]), resume["best_state"]
         checkpoint.set_rng_state(resume["rng"])
         if distributed.world().main:
             log(f"resumed at step {state.step} (epoch {state.epoch + 1})")
-    loop = Loop(s, state, best, log, on_step, on_epoch_end)
+    loop = Loop(s, state, best, log, on_step, on_epoch_end, saved_step=state.step if resume else None)
     loop.fit()
     return finish(s, loop)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,32 @@ from heed.model import save_model
 from heed.train.plot import plot_losses
 
 RUN_CONFIG = "run.yaml"
-# What heed writes into --out (the model directory's files included); --overwrite removes what an earlier
-# run left of these, and nothing else.
-OUTPUTS = ("heed.json", RUN_CONFIG, "audit.json", "metrics.jsonl", "loss.png", "test-with-response.json",
-           "test-scores.json", "checkpoint", "report.html", "report.md", "config.json", "generation_config.json",
-           "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab.json",
-           "merges.txt", "added_tokens.json", "chat_template.jinja", "adapter_config.json", "adapter")
-TEMPORARY = (".staging.", ".model.", ".checkpoint.")  # staging that a killed run can leave behind
+# What heed writes into --out, by exact name: its own records, the checkpoint, the model directory
+# (save_pretrained: config, weights, tokenizer files) and a LoRA run's adapter. --overwrite removes what an
+# earlier run left of these, and nothing else.
+OUTPUTS = frozenset({
+    "heed.json", RUN_CONFIG, "audit.json", "metrics.jsonl", "loss.png", "test-with-response.json", "test-scores.json",
+    "checkpoint", "report.html", "report.md", "config.json", "generation_config.json", "model.safetensors",
+    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+    "chat_template.jinja", "chat_template.json", "additional_chat_templates", "adapter_config.json",
+    "adapter_model.safetensors", "adapter"})
+SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # a sharded model's weights
+# Staging that a killed run can leave behind, named by tempfile (eight characters of its alphabet):
+# heed.io.atomic_path / atomic_dir write ``.<output>.XXXXXXXX.tmp`` (and ``.checkpoint.XXXXXXXX.old``),
+# heed.io.staged_into ``.staging.XXXXXXXX``, and an earlier heed ``.model.XXXXXXXX``.
+RANDOM = r"[a-z0-9_]{8}"
+STAGING = re.compile(rf"\.(staging|model)\.{RANDOM}")
+ASIDE = re.compile(rf"\.(?P<name>.+)\.{RANDOM}\.(tmp|old)")
+
+
+def is_output(name: str) -> bool:
+    return name in OUTPUTS or bool(SHARD.fullmatch(name))
 
 
 def is_temporary(name: str) -> bool:
-    return name.startswith(TEMPORARY) or (name.startswith(".") and name.endswith((".tmp", ".old")))
+    aside = ASIDE.fullmatch(name)
+    return bool(STAGING.fullmatch(name)) or (aside is not None and is_output(aside["name"]))
 
 
 def check_out(out: Path, *, overwrite: bool, resuming: bool) -> None:
@@ -52,7 +67,7 @@ def clear_out(out: Path, *, overwrite: bool) -> None:
     if not out.is_dir():
         return
     for path in out.iterdir():
-        if is_temporary(path.name) or (overwrite and any(fnmatch(path.name, p) for p in OUTPUTS)):
+        if is_temporary(path.name) or (overwrite and is_output(path.name)):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
