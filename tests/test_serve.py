@@ -394,3 +394,17 @@ def test_a_saved_system_prompt_is_used_unless_the_chat_brings_one(tmp_path):
         assert len(prompt_ids([("user", "Add 2 and 3.")], "Be terse.")) != len(prompt_ids([("user", "Add 2 and 3.")], None))
     finally:
         service.batcher.close()
+
+
+def test_rows_of_one_batch_stop_at_their_own_limits(server):
+    from heed.serve.batcher import Job
+
+    tok = server.service.tokenizer
+    prompts = [tok("Hello there")["input_ids"], tok("Name a colour.")["input_ids"]]
+    alone = [server.service.batcher.submit(Job(p, n)).result(timeout=60) for p, n in zip(prompts, (2, 8))]
+    together = [Job(p, n) for p, n in zip(prompts, (2, 8))]
+    futures = [server.service.batcher.submit(j) for j in together]  # queued within one batch wait
+    assert [f.result(timeout=60) for f in futures] == alone
+    ids, stopped = alone[0]
+    assert len(ids) == 2 and stopped is False  # ran to its own limit, not stopped by an end-of-text
+

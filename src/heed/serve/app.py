@@ -81,7 +81,10 @@ class Service:
 
     async def answer(self, ask: Ask) -> Answer:
         pending = self.submit(ask)
-        ids, eos = await self._within(asyncio.wrap_future(pending.result), self.cfg.timeout)
+        try:
+            ids, eos = await self._within(asyncio.wrap_future(pending.result), self.cfg.timeout)
+        finally:
+            pending.result.cancel()  # given up on (timed out): a job not started yet is dropped; a done one stays
         text, stopped = answer_text(self.tokenizer, ids, None if ask.raw else self.template, ask.stop)
         return Answer(text, "stop" if eos or stopped else "length", pending.prompt_tokens, len(ids))
 
@@ -91,10 +94,13 @@ class Service:
         ask, loop = pending.ask, asyncio.get_running_loop()
         text = TextStream(self.tokenizer, None if ask.raw else self.template, ask.stop)
         deadline = loop.time() + self.cfg.timeout
-        while (ids := await self._within(pending.steps.get(), deadline - loop.time())) is not None:
-            if piece := text.push(ids):
-                yield piece
-        ids, eos = pending.result.result()  # done: the worker's error, if any, is raised here
+        try:
+            while (ids := await self._within(pending.steps.get(), deadline - loop.time())) is not None:
+                if piece := text.push(ids):
+                    yield piece
+            ids, eos = pending.result.result()  # done: the worker's error, if any, is raised here
+        finally:  # timed out, or the client went away (the generator is closed): drop a job not started yet
+            pending.result.cancel()
         piece, whole, stopped = text.finish(ids)
         if piece:
             yield piece

@@ -119,20 +119,15 @@ class Batcher:
             try:
                 with autocast(precision, device):
                     new = generate_ids(self.model, [j.prompt for j in batch], pad_id=self.pad, eos=self.eos, cfg=cfg,
-                                       generator=generator, decoder=tapped)
+                                       generator=generator, decoder=tapped, limits=[j.max_new_tokens for j in batch])
             except Exception as e:  # noqa: BLE001 - a failed batch answers its requests, the server lives on
                 for j in batch:
                     j.result.set_exception(e if isinstance(e, HeedError) else HeedError(f"generation failed: {e}"))
                 continue
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
-            for j, ids in zip(batch, new):
-                # A row that ran past its own limit only because a neighbour asked for more is cut back:
-                # greedy tokens are the same as if it had been decoded alone with its own limit.
-                stopped = len(ids) < cfg.max_new_tokens
-                if len(ids) >= j.max_new_tokens:
-                    ids, stopped = ids[:j.max_new_tokens], False
-                j.result.set_result((ids, stopped))
+            for j, ids in zip(batch, new):  # each row decoded to its own limit: stopped means it ended first
+                j.result.set_result((ids, len(ids) < j.max_new_tokens))
 
 
 class Tap:
@@ -157,7 +152,7 @@ class Tap:
             job = self.jobs[row]
             if not self.open[row]:
                 continue
-            if t == self.eos or self.sent[row] >= job.max_new_tokens:  # past its own limit: a neighbour's steps
+            if t == self.eos or self.sent[row] >= job.max_new_tokens:  # done: the padding a finished row gets
                 self.open[row] = False
                 continue
             self.sent[row] += 1
