@@ -15,7 +15,7 @@ from heed.commands.cli import main
 from heed.commands.finetune import finetune
 from heed.config import DataConfig, RunConfig, TrainConfig
 from heed.errors import HeedError
-from heed.train import checkpoint
+from heed.train import checkpoint, checkpoint_check
 from heed.train.state import LoopState
 
 TINY = ["--batch-size", "2", "--precision", "fp32", "--no-sample", "--no-generate", "--no-audit",
@@ -147,7 +147,7 @@ def test_how_adamw_runs_is_this_machines_choice(real_run, tmp_path):
 def test_the_checked_loop_keys_are_loop_states_fields():
     from dataclasses import fields
 
-    assert set(checkpoint.LOOP) == {f.name for f in fields(LoopState)}
+    assert set(checkpoint_check.LOOP) == {f.name for f in fields(LoopState)}
 
 
 def quiet(_):

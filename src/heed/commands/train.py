@@ -72,7 +72,8 @@ def resume_config(args: argparse.Namespace, state: dict[str, Any], run_dir: Path
 
 def stored_config(state: dict[str, Any], run_dir: Path) -> RunConfig:
     """The run's settings as the checkpoint holds them; settings that do not validate are a damaged checkpoint."""
-    from heed.train.checkpoint import CHECKPOINT, DAMAGED, STATE
+    from heed.train.checkpoint import CHECKPOINT
+    from heed.train.checkpoint_check import DAMAGED, STATE
 
     try:
         stored = RunConfig.from_dict(state["config"], "config")

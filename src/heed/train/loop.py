@@ -37,7 +37,7 @@ from heed.runtime.compile import BUCKET
 from heed.runtime.device import choose_device, resolve_precision
 from heed.runtime.progress import log as _log
 from heed.runtime.progress import progress
-from heed.train import checkpoint
+from heed.train import checkpoint, checkpoint_check
 from heed.train.finish import finish, unsharded
 from heed.train.loss import compile_body, loss_sum
 from heed.train.optim import clipped_step, make_optimizer
@@ -233,7 +233,7 @@ def setup(run: RunConfig, *, fast: FastPath = FastPath(), log: Log = _log, resum
         total_steps = min(total_steps, tcfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.warmup_steps, total_steps, tcfg.schedule))
     if resume is not None:
-        checkpoint.check_fits(resume, weights=shapes, trained=trained, optimizer=optimizer, scheduler=scheduler)
+        checkpoint_check.check_fits(resume, weights=shapes, trained=trained, optimizer=optimizer, scheduler=scheduler)
     if world.main:
         clear_out(out, overwrite=tcfg.overwrite and not resuming)  # inputs are good: the earlier run's files go
     distributed.barrier()
@@ -411,7 +411,7 @@ def train(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log = _l
     s = setup(run, fast=fast, log=log, resume=resume)
     state, best = LoopState(), None
     if resume:
-        moments = checkpoint.optimizer_state(resume, s.optimizer)  # setup checked that it fits
+        moments = checkpoint_check.optimizer_state(resume, s.optimizer)  # setup checked that it fits
         if isinstance(s.parallel, Sharded):  # every rank read the whole checkpoint; each keeps its shard
             s.parallel.load_full_state(s.optimizer, resume["model"], moments)
         else:
