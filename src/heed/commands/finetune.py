@@ -80,10 +80,9 @@ def finetune(run: RunConfig, *, resume: dict[str, Any] | None = None, log: Log =
     ``--max-new-tokens`` is checked against the model's context (its config, no weights) before training,
     so that a run cannot fail after it trained; a test prompt too long for what is left is cut to fit."""
     if run.train.generate_test and run.train.model:
-        from heed.generate.responses import check_new_tokens
-        from heed.model import context_length, model_config
+        from heed.generate.responses import context_for
 
-        check_new_tokens(run.train.max_new_tokens, context_length(model_config(run.train.model)))
+        context_for(run.train.model, run.train.max_new_tokens)
     on_epoch_end = epoch_sample(log) if run.train.sample_every_epoch else None
     trained = train(run, resume=resume, log=log, fast=fast, on_step=on_step, on_epoch_end=on_epoch_end)
     world = distributed.world()

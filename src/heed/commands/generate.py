@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from heed.commands.options import add_flags, validated
@@ -44,11 +43,9 @@ def check_room(spec: str, records: list[Any], max_new_tokens: int, source: str |
     ``--max-new-tokens`` must fit in the model's context, read from its config without its weights. A prompt
     that does not fit is refused, not cut short: nothing has been generated yet, and one flag fixes it."""
     from heed.data.encode import record_prompt_ids
-    from heed.generate.responses import check_new_tokens, room
-    from heed.model import context_length, model_config
+    from heed.generate.responses import context_for, room
 
-    context = context_length(model_config(spec))
-    check_new_tokens(max_new_tokens, context)
+    context = context_for(spec, max_new_tokens)
 
     def check(tokenizer: Any, template: Any) -> None:
         lengths = [len(p) for p in record_prompt_ids(records, tokenizer, template)]
@@ -124,12 +121,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from heed.data.records import Record
     from heed.generate import generate_responses
 
-    from heed.generate.responses import check_new_tokens
-    from heed.model import context_length, model_config
+    from heed.generate.responses import context_for
 
     chosen, cfg = validated(args, ModelConfig, GenerateConfig)
-    context = context_length(model_config(chosen.model))
-    check_new_tokens(cfg.max_new_tokens, context)
+    context = context_for(chosen.model, cfg.max_new_tokens)
     model, tokenizer, template = load_generator(chosen.model, chosen.template, chosen.device)
     system = saved_system(chosen.model)
     print(f"heed chat with {chosen.model} (template {template.name}); an empty line or Ctrl-D ends it", file=sys.stderr)

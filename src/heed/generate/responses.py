@@ -197,6 +197,16 @@ def check_new_tokens(max_new_tokens: int, context: int, flag: str = "--max-new-t
                         f"together; lower {flag} below {context} (the prompt needs room too)")
 
 
+def context_for(spec: str, max_new_tokens: int) -> int:
+    """The context of the model ``spec`` names, read from its config without its weights, once
+    ``max_new_tokens`` is known to leave a prompt room in it (``check_new_tokens``)."""
+    from heed.model import model_config
+
+    context = context_length(model_config(spec))
+    check_new_tokens(max_new_tokens, context)
+    return context
+
+
 def room(prompt_lengths: Sequence[int], max_new_tokens: int, context: int) -> list[int]:
     """New tokens each prompt may have: ``max_new_tokens``, less what would run past the model's context
     (prompt and response together, as ``heed serve`` counts them); 0 or less: the prompt alone fills it.
