@@ -1,11 +1,13 @@
 """One decoding step at a time, over a growing (dynamic) or preallocated (static) KV cache.
 
 ``generate_ids`` drives either decoder the same way: ``prefill`` the left-padded prompts, then ``step``
-one token per row. The dynamic decoder grows the cache and the attention mask by concatenation; every
-step has new shapes. The static decoder preallocates both for ``cache_length(prompt + new tokens)`` positions
-and writes into them in place, so every decoding step has the same shapes and the same tensor
-addresses — what ``torch.compile`` needs to compile the step once and, on CUDA, to replay it as a CUDA
-graph (``mode="reduce-overhead"``) instead of launching hundreds of small kernels per token.
+one token per row (or, for a compiled static decoder decoding greedily, ``advance``: the whole step,
+token choice and bookkeeping included). The dynamic decoder grows the cache and the attention mask by
+concatenation; every step has new shapes. The static decoder preallocates both for
+``cache_length(prompt + new tokens)`` positions and writes into them in place, so every decoding step
+has the same shapes and the same tensor addresses — what ``torch.compile`` needs to compile the step
+once and, on CUDA, to replay it as a CUDA graph (``mode="reduce-overhead"``) instead of launching
+hundreds of small kernels per token.
 
     positions   0  1  2  3  4  5  6  7      (bucket = 8)
     row 0       .  p  p  p  n  n  _  _      p prompt, n new token, . left padding (mask 0),
@@ -20,7 +22,9 @@ from typing import Any
 
 import torch
 
-from heed.runtime.compile import cache_length, compiled_step, matmul_weights, one_dtype
+from heed.generate.rows import Rows, record
+from heed.runtime.compile import (cache_length, compiled_step, compiled_whole_step, matmul_weights, one_dtype,
+                                  static_buffers)
 
 
 class DynamicDecoder:
@@ -57,6 +61,16 @@ class StaticDecoder:
     Keep one decoder per model and reuse it: a cache of the same batch size and length is reset, not
     reallocated, so a compiled step (and its CUDA graph) is reused across batches. A compiled decoder
     keeps low-precision copies of the weights: make a new one after the weights change (training).
+
+    Compiled, and where ``whole_steps``, a greedy decoding step is one compiled function (``advance``):
+    the model's forward on the last token, the argmax, the padding of finished rows, the token written
+    into ``Rows.tokens``, the finished flags and the next positions, all in place on fixed buffers, so on
+    CUDA the whole step replays as one CUDA graph with no host work in it. ``whole_steps`` holds for
+    models whose layers are full or sliding-window attention (GPT-2, Gemma 3, Llama-like models); their
+    cache is ``full_length_cache``, which counts only in tensors. Other layer kinds (linear attention,
+    chunked attention, ...) keep transformers' ``StaticCache`` and the compiled model step alone.
+    Sampling keeps that step too: inside a compiled graph random numbers come from inductor's own
+    generator, not the caller's, so the tokens drawn would not be those of the eager path.
     """
 
     static_steps = True  # every step has the cache's shapes
@@ -65,8 +79,11 @@ class StaticDecoder:
         self.model, self.compile = model, compile
         self.cache: Any = None
         self.key: tuple[Any, ...] | None = None
+        device = next(model.parameters()).device
         self._eager = _forward(model)
-        self._step = compiled_step(self._eager, next(model.parameters()).device) if compile else self._eager
+        self._step = compiled_step(self._eager, device) if compile else self._eager
+        self.whole_steps = compile and full_length_fits(model.config)
+        self._advance = compiled_whole_step(_whole_step(self._eager), device) if self.whole_steps else None
         self._copies: dict[int, torch.Tensor] = {}
 
     def running(self) -> contextlib.AbstractContextManager:
@@ -88,19 +105,76 @@ class StaticDecoder:
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         key = (batch, length, ids.device, dtype)
         if key != self.key:
-            self.cache, self.key = StaticCache(config=self.model.config, max_cache_len=length), key
+            config = self.model.config
+            self.cache = (full_length_cache(config, length) if self.whole_steps
+                          else StaticCache(config=config, max_cache_len=length))
             one_dtype(self.cache)
+            # Buffers a compiled step writes in place: a CUDA graph replays on their addresses.
+            self.mask = torch.zeros((batch, length), dtype=torch.long, device=ids.device)
+            self.at = torch.zeros(1, dtype=torch.long, device=ids.device)  # where the next token is cached
+            self._rows = Rows.empty(batch, length, ids.device)
+            static_buffers(self.mask, self.at, *vars(self._rows).values())
+            self.key = key
         else:
             self.cache.reset()
-        self.mask = torch.zeros((batch, length), dtype=mask.dtype, device=mask.device)
+        self.mask.zero_()
         self.mask[:, :width] = mask
-        self.at = width  # the cache position the next token is written to
+        self.at.fill_(width)
         return self._eager(ids, self.mask, positions, self.cache)  # prompts vary: never compiled
 
+    def rows(self) -> Rows:
+        """The bookkeeping buffers of the batch just prefilled (room for ``cache_length`` new tokens),
+        for ``Rows.start`` and ``advance``."""
+        return self._rows
+
     def step(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.mask[:, self.at] = 1
-        self.at += 1
+        _reveal_next(self.mask, self.at)
         return self._step(token, self.mask, positions, self.cache)
+
+    def advance(self, rows: Rows) -> None:
+        """One whole greedy decoding step on ``rows`` (``self.rows()``), in place: see the class docstring."""
+        assert self._advance is not None, "advance needs a compiled decoder whose whole_steps is set"
+        self._advance(rows, self.mask, self.at, self.cache)
+
+
+def _reveal_next(mask: torch.Tensor, at: torch.Tensor) -> None:
+    """Unmask the cache position the next token is written to, and move on."""
+    mask.index_fill_(1, at, 1)
+    at.add_(1)
+
+
+def _whole_step(forward: Any) -> Any:
+    def step(rows: Rows, mask: torch.Tensor, at: torch.Tensor, cache: Any) -> None:
+        rows.advance_positions()
+        _reveal_next(mask, at)
+        logits = forward(rows.token, mask, rows.positions, cache)  # (B, V)
+        record(rows, logits.float().argmax(-1))  # greedy, as generate_ids' eager choice
+
+    return step
+
+
+def full_length_fits(config: Any) -> bool:
+    """Whether ``full_length_cache`` serves this model: every layer is full or sliding-window attention."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    return set(layer_types) <= {"full_attention", "sliding_attention"}
+
+
+def full_length_cache(config: Any, length: int) -> Any:
+    """A static cache whose every layer keeps all ``length`` positions, a sliding-window layer included.
+
+    transformers' sliding-window layer keeps only its window and counts the tokens it has seen in a Python
+    int (whether the window is full, where the mask starts): a compiled step would see that int change
+    every token and recompile, or on CUDA record a new graph. Here the window is the attention mask's
+    job alone (the model builds a sliding-window mask for those layers, as it does for a prompt longer
+    than the window), and every layer counts in a tensor. The cost: a sliding layer holds ``length``
+    positions instead of its window (the same when ``length`` is within the window).
+    """
+    from transformers.cache_utils import Cache, StaticLayer, get_layer_types_and_kwargs
+
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    return Cache(layers=[StaticLayer(max_cache_len=length) for _ in layer_types])
 
 
 def last_logits_only(model: Any) -> dict[str, int]:

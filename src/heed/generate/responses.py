@@ -17,6 +17,7 @@ from heed.data.encode import eos_id, record_prompt_ids
 from heed.data.records import Record
 from heed.data.templates import Template, extract_response
 from heed.generate.decode import DynamicDecoder, StaticDecoder
+from heed.generate.rows import Rows, record
 from heed.model import context_length
 from heed.model.attention import attention_backends
 from heed.runtime.device import autocast, resolve_precision
@@ -61,12 +62,14 @@ def generate_ids(
     on what else is in the batch. ``decoder`` (``heed.generate.decode``) is made from ``cfg.cache`` when not given;
     pass one to reuse a static cache and its compiled step across batches.
 
-    The bookkeeping stays on the device: tokens go into a preallocated (B, max_new_tokens) tensor, a
-    finished row gets ``pad_id`` (``torch.where``), and the host asks whether every row has finished only
-    every ``check_every`` steps (default: every step on a CPU, where asking is free; every
+    The bookkeeping stays on the device (``heed.generate.rows``): tokens go into a preallocated
+    (B, max_new_tokens) tensor, a finished row gets ``pad_id`` (``torch.where``), and the host asks whether
+    every row has finished only every ``check_every`` steps (default: every step on a CPU, where asking is free; every
     ``CHECK_EVERY_CUDA`` on CUDA, where each question waits for the GPU to drain). Steps run past the
     last EOS change nothing: their tokens are cut at EOS, and a sampling generator is set back to its
     state at the step where the last row finished, so later batches draw the same numbers as before.
+    A compiled static decoder decoding greedily runs each step after the first as one compiled function,
+    model and bookkeeping together (``StaticDecoder.advance``; one CUDA graph on CUDA), with the same tokens.
     """
     was_training = model.training
     model.eval()
@@ -82,32 +85,32 @@ def generate_ids(
         mask[row, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     prompt_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    positions = prompt_positions[:, -1:]  # (B, 1): the last prompt token's; +1 for each new token
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     limit = torch.tensor(limits, device=device)  # (B,)
-    # A row past its limit is finished and its tokens unused; its positions stop at its last real one
-    # so that a neighbour's steps never ask a position embedding beyond the model's context.
-    last_position = prompt_positions[:, -1] + limit - 1  # (B,)
-    tokens = torch.full((len(prompts), steps), pad_id, dtype=torch.long, device=device)  # (B, max_new)
-    pad = torch.full((len(prompts),), pad_id, dtype=torch.long, device=device)
     rng = _sampling_rng(cfg, generator, device)
+    whole = cfg.temperature <= 0 and getattr(decoder, "whole_steps", False)
     states = []  # the generator's state after each step: set back to the last row's finishing step
     with decoder.running():
         with attention_backends(device, static=False):  # every batch of prompts has another width
             logits = decoder.prefill(ids, mask, prompt_positions, steps)
+        rows = decoder.rows() if whole else Rows.empty(len(prompts), steps, device)
+        rows.start(prompt_positions[:, -1:], limit, pad_id, eos)  # positions: +1 for each new token
         with attention_backends(device, static=getattr(decoder, "static_steps", False)):
             for i in range(steps):
-                token = torch.where(finished, pad, _next_token(logits.float(), cfg, generator))  # (B,)
-                tokens[:, i] = token
-                finished |= (token == eos) | (limit <= i + 1)
+                if i == 0:
+                    record(rows, _next_token(logits.float(), cfg, generator))
+                elif whole:
+                    decoder.advance(rows)  # the same three lines below, as one compiled step
+                else:
+                    rows.advance_positions()
+                    logits = decoder.step(rows.token, rows.positions)
+                    record(rows, _next_token(logits.float(), cfg, generator))
                 if rng is not None:
                     states.append(rng.get_state())
-                if i == steps - 1 or ((i + 1) % check_every == 0 and bool(finished.all())):
+                if i == steps - 1 or ((i + 1) % check_every == 0 and bool(rows.finished.all())):
                     break
-                positions = torch.minimum(positions + 1, last_position[:, None])
-                logits = decoder.step(token[:, None], positions)
     model.train(was_training)
-    out = [(row[:row.index(eos)] if eos in row else row)[:n] for row, n in zip(tokens.tolist(), limits)]  # the one sync
+    tokens = rows.tokens[:, :steps].tolist()  # the one sync
+    out = [(row[:row.index(eos)] if eos in row else row)[:n] for row, n in zip(tokens, limits)]
     if rng is not None:
         last = max((len(row) for row in out), default=0)  # the step at which the last row ended
         rng.set_state(states[min(last, len(states) - 1)])
@@ -125,8 +128,8 @@ def _sampling_rng(cfg: GenerateConfig, generator: torch.Generator | None, device
 
 def make_decoder(model: Any, cfg: GenerateConfig) -> Any:
     """The KV cache ``cfg.cache`` names: ``dynamic`` (grows), ``static`` (preallocated, in place),
-    ``compiled`` (static, with the one-token step compiled; CUDA graphs on CUDA) or ``auto``
-    (``resolve_cache``)."""
+    ``compiled`` (static, with the decoding step compiled, greedy: the whole step; CUDA graphs on CUDA)
+    or ``auto`` (``resolve_cache``)."""
     cache = resolve_cache(cfg.cache, next(model.parameters()).device)
     if cache == "dynamic":
         return DynamicDecoder(model)

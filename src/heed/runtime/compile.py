@@ -3,8 +3,8 @@
 A compiled function recompiles for each new input shape, so heed keeps shapes few: training batches
 round their padded width up to a multiple of ``BUCKET`` and packed row counts to ``row_bucket``; a
 static KV cache rounds its length up the same way (``cache_length``). Compiled callables are made here
-and nowhere else: the training body (``compile_module``/``compiled``) and the one-token decoding step
-(``compiled_step``, CUDA graphs on CUDA).
+and nowhere else: the training body (``compile_module``/``compiled``), the model's one-token decoding step
+(``compiled_step``) and the whole greedy decoding step (``compiled_whole_step``), CUDA graphs on CUDA.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ def compiled(owner: Any) -> Any | None:
 
 
 def compiled_step(step: Callable[..., torch.Tensor], device: torch.device) -> Callable[..., torch.Tensor]:
-    """A decoding step compiled once per (batch, cache length); CUDA graphs on CUDA.
+    """The model's one-token decoding step compiled once per (batch, cache length); CUDA graphs on CUDA.
 
-    Automatic dynamic shapes stay on: Gemma's sliding cache layers count in a Python int, which would
-    otherwise recompile every token."""
+    Automatic dynamic shapes stay on: transformers' sliding-window cache layers count in a Python int,
+    which would otherwise recompile every token (``full_length_cache`` in ``heed.generate.decode``, which
+    the compiled decoders use where it fits, counts in tensors only)."""
     allow_recompiles()
     mode = "reduce-overhead" if device.type == "cuda" else None
     fn = torch.compile(step, mode=mode, fullgraph=True)
@@ -75,6 +76,34 @@ def compiled_step(step: Callable[..., torch.Tensor], device: torch.device) -> Ca
         return fn(*args).clone()  # a CUDA graph's output is overwritten by its next replay
 
     return run
+
+
+def compiled_whole_step(step: Callable[..., None], device: torch.device) -> Callable[..., None]:
+    """A whole decoding step (model, token choice, bookkeeping) that works in place on its arguments and
+    returns nothing, compiled once per batch shape; on CUDA it replays as a CUDA graph.
+
+    Static shapes only (``dynamic=False``): every per-step value is a tensor updated in place, so a
+    replay sees the same shapes, the same Python values and, for the buffers it writes
+    (``static_buffers``), the same addresses; nothing in it asks the host anything."""
+    allow_recompiles()
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    fn = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+
+    def run(*args: Any) -> None:
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        fn(*args)
+
+    return run
+
+
+def static_buffers(*tensors: torch.Tensor) -> None:
+    """Mark tensors a compiled step writes in place as fixed addresses: a CUDA graph may write only those
+    (others make inductor skip the graph), and replays them without copying."""
+    import torch._dynamo
+
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)
 
 
 def one_dtype(cache: Any) -> None:

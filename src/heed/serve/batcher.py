@@ -136,8 +136,12 @@ class Tap:
     ``generate_ids`` passes ``step`` the token each row has just chosen (padding once the row has finished)
     before decoding the next, so the tokens reach a client while the rest are still being decoded. The
     token of the step the loop ends on is not passed; it comes with the result. Reading the tokens costs a
-    host sync per step, which is why only a batch holding a streamed request is tapped.
+    host sync per step, which is why only a batch holding a streamed request is tapped. For the same
+    reason a tapped batch decodes step by step (``whole_steps`` is off): a compiled decoder's whole step
+    (``StaticDecoder.advance``) never passes through ``step``; its model step stays compiled.
     """
+
+    whole_steps = False  # not the decoder's: every step must come through ``step``
 
     def __init__(self, decoder: Any, jobs: list[Job], eos: int):
         self.decoder, self.jobs, self.eos = decoder, jobs, eos
