@@ -69,3 +69,42 @@ def test_adapter_without_a_base_is_one_line(tmp_path, capsys):
     gpt2_tokenizer().save_pretrained(tmp_path)
     assert main(["generate", "--model", str(tmp_path), "--instruction", "hi", "--max-new-tokens", "2"]) == 2
     assert "base_model_name_or_path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("targets,expected", [
+    ("all-linear", {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}),
+    (None, {"attn.c_attn"}),  # peft's default for GPT-2
+    (["c_fc"], {"mlp.c_fc"}),
+])
+def test_lora_last_layers_adapts_only_the_top_layers(targets, expected):
+    from heed.config import LoraConfig
+    from heed.model import load_model
+    from heed.model.lora import add_adapters
+
+    cfg = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=targets, last_layers=1)
+    model = add_adapters(load_model("random:gpt2-tiny"), cfg)  # two layers: h.0, h.1
+    adapted = {n.split(".lora_A")[0].split("transformer.h.")[1] for n, _ in model.named_parameters()
+               if ".lora_A" in n}
+    assert adapted == {"1." + name for name in expected}
+    assert not any("lm_head" in n for n, _ in model.named_parameters() if "lora_" in n)
+
+
+def test_lora_last_layers_trains_no_lower_layer_and_saves_its_setting(data_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(TRAIN + ["--data", data_file, "--out", str(out), "--lora-targets", "all-linear",
+                         "--lora-last-layers", "1"]) == 0
+    from heed.model import load_model
+
+    saved, base = load_model(str(out)).state_dict(), load_model("random:gpt2-tiny", seed=7).state_dict()  # --seed 7
+    lower = [k for k in base if k.startswith("transformer.h.0.")]
+    assert lower and all(torch.equal(saved[k], base[k]) for k in lower)  # frozen, never adapted
+    assert not torch.equal(saved["transformer.h.1.mlp.c_fc.weight"], base["transformer.h.1.mlp.c_fc.weight"])
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [1]
+
+
+def test_lora_last_layers_beyond_the_model_is_one_line(data_file, tmp_path, capsys):
+    assert main(TRAIN + ["--data", data_file, "--out", str(tmp_path / "x"), "--lora-last-layers", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--lora-last-layers 3: the model has 2 layers" in err
+    assert not (tmp_path / "x" / "model.safetensors").exists()

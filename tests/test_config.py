@@ -175,3 +175,8 @@ def test_run_yaml_reproduces_the_run(tmp_path, data_file):
     assert first == second
     saved = yaml.safe_load((out / "run.yaml").read_text())
     assert saved["train"]["lr"] == 1e-3 and saved["data"]["template"] == "alpaca"
+
+
+def test_lora_last_layers_flag_without_lora_names_its_flag():
+    with pytest.raises(HeedError, match="--lora-last-layers needs --lora"):
+        run_config(parse_train("--model", "m", "--data", "d", "--lora-last-layers", "4"))

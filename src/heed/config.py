@@ -82,6 +82,9 @@ class LoraConfig:
     target_modules: list[str] | str | None = opt(
         None, "comma-separated module names, or all-linear (default: peft's choice for the model)",
         flag="--lora-targets")
+    last_layers: int | None = opt(
+        None, "adapt only the last N transformer layers (default: all); the layers below run forward only, "
+        "with no backward pass, so a step costs less", flag="--lora-last-layers", check=at_least(1), metavar="N")
 
     def validate(self) -> list[str]:
         return check_fields(self)

@@ -23,8 +23,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     lora_flags = given(LoraConfig, args)
     if args.use_lora or lora_flags:
         if not (args.use_lora or train.lora):
-            raise HeedError(f"{', '.join('--lora-' + f.replace('target_modules', 'targets') for f in lora_flags)}"
-                            " needs --lora")
+            flags = {f.name: flag_name(f) for f in fields(LoraConfig)}
+            raise HeedError(f"{', '.join(flags[f] for f in lora_flags)} needs --lora")
         train.lora = configure(LoraConfig, args, train.lora or LoraConfig())
     run = RunConfig(data, train)
     for assignment in args.overrides:

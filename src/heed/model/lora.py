@@ -3,10 +3,13 @@ adapter on its own (peft's layout) and load one onto its base model."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from heed.config import LoraConfig
 from heed.errors import HeedError
@@ -17,9 +20,12 @@ def add_adapters(model: Any, cfg: LoraConfig) -> Any:
         import peft
     except ImportError:
         raise HeedError("--lora needs the peft package: pip install 'heed[lora]'") from None
+    targets, layers = cfg.target_modules, None
+    if cfg.last_layers is not None:
+        targets, layers = _layer_targets(model, cfg, peft), _last_layers(model, cfg.last_layers)
     config = peft.LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+        layers_to_transform=layers, task_type="CAUSAL_LM",
         # GPT-2 stores projections as Conv1D with transposed weights.
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
@@ -30,6 +36,42 @@ def add_adapters(model: Any, cfg: LoraConfig) -> Any:
             return peft.get_peft_model(model, config)
     except ValueError as e:
         raise HeedError(f"--lora-targets: {str(e).splitlines()[0]}") from None
+
+
+def _last_layers(model: Any, n: int) -> list[int]:
+    total = getattr(model.config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise HeedError("--lora-last-layers: this model's config does not say how many layers it has; "
+                        "leave --lora-last-layers out to adapt them all")
+    if n > total:
+        raise HeedError(f"--lora-last-layers {n}: the model has {total} layers; give at most {total}")
+    return list(range(total - n, total))
+
+
+def _layer_targets(model: Any, cfg: LoraConfig, peft: Any) -> list[str]:
+    """``--lora-targets`` as a list of module names, which peft needs to pick layers by index:
+    unset means peft's default for the model type, ``all-linear`` every linear projection inside the
+    layers (never the output head)."""
+    targets = cfg.target_modules
+    if isinstance(targets, list):
+        return targets
+    if targets is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+        default = DEFAULTS.get(getattr(model.config, "model_type", ""))
+        if default is None:
+            raise HeedError("--lora-last-layers: peft has no default targets for this model type; "
+                            "name them with --lora-targets (e.g. --lora-targets all-linear)")
+        return list(default)
+    if targets == "all-linear":
+        from transformers.pytorch_utils import Conv1D
+
+        head = model.get_output_embeddings()
+        names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                 if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+                 and re.search(r"\.\d+\.", name)}
+        return sorted(names)
+    return [t.strip() for t in str(targets).split(",") if t.strip()]
 
 
 def is_adapted(model: Any) -> bool:
