@@ -101,11 +101,11 @@ def test_demo_plumbing_on_a_tiny_model(tmp_path, capsys):
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["steps"] == summary["steps"] > 0
 
 
-def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch, request):
+def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
     """Without --max-new-tokens the demo decodes the longest training answer and the stop marker at most,
     for the base model and the finetuned one alike, in batches of --gen-batch-size."""
     import heed.generate.responses as responses
-    from heed.commands.demo import FP32_STEPS, DemoConfig, answer_budget, run_demo
+    from heed.commands.demo import TRAIN_SECONDS, DemoConfig, answer_budget, run_demo
     from heed.data.records import load_records, split_records
     from heed.data.templates import get_template
     from heed.model import load_tokenizer
@@ -119,11 +119,6 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch, reque
         return new
 
     monkeypatch.setattr(responses, "generate_ids", spy)
-    monkeypatch.setenv("HEED_CPU_BF16", "0")  # a CPU without bf16: the demo's step budget
-    from heed.runtime.device import cpu_has_bf16
-
-    cpu_has_bf16.cache_clear()  # an earlier test may have asked on this bf16 CPU
-    request.addfinalizer(cpu_has_bf16.cache_clear)
     out = tmp_path / "demo"
     summary = run_demo(DemoConfig(model="random:gpt2-tiny", out=str(out), n=60, gen_batch_size=5),
                        log=lambda _: None)
@@ -134,15 +129,17 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch, reque
     assert sum(c[1] for c in calls) == 2 * len(split.test) and max(c[1] for c in calls) == 5  # base, then finetuned
     run = json.loads((out / "model" / "heed.json").read_text())["config"]
     assert run["train"]["max_new_tokens"] == budget and run["train"]["gen_batch_size"] == 5
-    assert run["train"]["group_by_length"] is True and run["train"]["max_steps"] == FP32_STEPS
+    assert run["train"]["pack"] is True and run["train"]["time_budget"] == TRAIN_SECONDS
+    assert run["train"]["max_steps"] == summary["steps"]  # the budget's count, saved for a resume
 
 
-def test_demo_trains_the_full_recipe_where_bf16_trains_and_a_step_budget_elsewhere():
-    from heed.commands.demo import FP32_STEPS, DemoConfig, demo_run
+def test_demo_trains_two_epochs_or_its_time_budget_and_steps_override_it():
+    from heed.commands.demo import TRAIN_SECONDS, DemoConfig, demo_run
 
     tasks, model = Path("tasks.json"), Path("model")
-    full = demo_run(DemoConfig(), tasks, model, 25).train
-    assert (full.epochs, full.max_steps, full.group_by_length, full.lr) == (2, None, False, 1e-3)
-    cheap = demo_run(DemoConfig(), tasks, model, 25, budget=True).train
-    assert (cheap.max_steps, cheap.group_by_length) == (FP32_STEPS, True)
-    assert demo_run(DemoConfig(steps=300), tasks, model, 25, budget=True).train.max_steps == 300
+    run = demo_run(DemoConfig(), tasks, model, 25).train
+    assert (run.epochs, run.max_steps, run.time_budget, run.lr) == (2, None, TRAIN_SECONDS, 1e-3)
+    assert (run.pack, run.pack_length, run.group_by_length) == (True, 64, False)  # random batches, little padding
+    assert demo_run(DemoConfig(train_seconds=60), tasks, model, 25).train.time_budget == 60
+    fixed = demo_run(DemoConfig(steps=300), tasks, model, 25).train
+    assert (fixed.max_steps, fixed.time_budget) == (300, None)

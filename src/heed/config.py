@@ -112,6 +112,10 @@ class TrainConfig:
                            "attention than they save)", check=at_least(2), metavar="N")
     epochs: int = opt(2, "passes over the training split", check=at_least(1))
     max_steps: int | None = opt(None, "stop after this many optimizer steps", check=at_least(1))
+    time_budget: float | None = opt(None, "train as many steps as fit in SECONDS on this machine, at the pace of "
+                                    "the run's first steps (fixed by the end of warmup, so the schedule decays "
+                                    "to that count; evaluations not counted); never more than --epochs or "
+                                    "--max-steps give", check=POSITIVE, metavar="SECONDS")
     eval_every: int = opt(5, "evaluate every N steps", check=at_least(1))
     eval_batches: int = opt(5, "batches of train and validation data per evaluation", check=at_least(1))
     patience: int | None = opt(None, "stop after N evaluations without validation improvement and restore "

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from heed.config import (
-    NON_EMPTY, DataConfig, GenerateConfig, LoraConfig, RunConfig, TrainConfig, at_least, check_fields, opt, validate,
+    NON_EMPTY, POSITIVE, DataConfig, GenerateConfig, LoraConfig, RunConfig, TrainConfig, at_least, check_fields, opt,
+    validate,
 )
 from heed.data.records import Record, load_records, split_records
 from heed.data.tasks import DEMO_FAMILIES, make_tasks
@@ -21,9 +22,11 @@ from heed.evaluate.metrics import Scores, score
 from heed.io import write_json, write_text
 
 
-# Optimizer steps of the demo on a CPU without bf16 (fp32): sized so that make demo fits its time budget
-# on a 2-core CPU of that kind (README, BENCHMARKS.md); the full recipe is --steps 298 (2 epochs).
-FP32_STEPS = 90
+# Seconds of training steps the demo allows itself on any machine, so that a first `make demo` (install,
+# one-time dequantization, base-model scoring, training, test responses) fits in 10 minutes on a 2-core
+# CPU. Where the hardware trains fast (bf16: AMX CPUs, GPUs) the full recipe (2 epochs, 296 steps) ends
+# well inside it; a 2-core CPU without bf16 trains in fp32 and gets as many steps as fit (BENCHMARKS.md).
+TRAIN_SECONDS = 330.0
 
 
 @dataclass
@@ -38,9 +41,10 @@ class DemoConfig:
     lora: bool = opt(True, "full finetuning instead of LoRA", flag="--full")
     lr: float = opt(1e-3, "learning rate (LoRA)", cli=False)
     epochs: int = opt(2, "training epochs", check=at_least(1))
-    steps: int | None = opt(None, "optimizer steps (unset: --epochs where bf16 hardware trains, i.e. AMX CPUs "
-                            f"and GPUs; {FP32_STEPS} steps of length-grouped batches on other CPUs, a shorter run "
-                            "at a lower accuracy)", check=at_least(1))
+    train_seconds: float = opt(TRAIN_SECONDS, "time budget of the training steps: as many steps of --epochs as fit, "
+                               "at this machine's measured pace", check=POSITIVE, metavar="SECONDS")
+    steps: int | None = opt(None, "optimizer steps, whatever they take (instead of --train-seconds; the full recipe "
+                            "is 296)", check=at_least(1))
     batch_size: int = opt(8, "examples per step", cli=False)
     max_new_tokens: int | None = opt(None, "new tokens per answer at most (default: the longest training answer "
                                      "and the template's stop marker)", check=at_least(1), cli=False)
@@ -51,21 +55,22 @@ class DemoConfig:
         return check_fields(self)
 
 
-def demo_run(cfg: DemoConfig, tasks: Path, model_dir: Path, max_new_tokens: int, *, budget: bool = False) -> RunConfig:
+def demo_run(cfg: DemoConfig, tasks: Path, model_dir: Path, max_new_tokens: int) -> RunConfig:
     """The demo's training run (``configs/demo.yaml`` is this, for the default DemoConfig and tasks).
 
-    ``budget`` (a CPU without bf16, and no ``--steps``): ``FP32_STEPS`` steps of batches of similar
-    lengths (random batches of these tasks are 59% padding, grouped ones 7%) instead of the full epochs.
+    Random batches of 8 packed into rows of at most 64 tokens: the same loss and gradients as padded
+    batches at a padding cost of batches grouped by length (which train worse: a batch of similar lengths
+    is mostly one task family). Its length is ``--train-seconds`` at this machine's pace (``--time-budget``),
+    at most the 2 epochs, unless ``--steps`` fixes it.
     """
     lora = LoraConfig(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if cfg.lora else None
-    steps = cfg.steps or (FP32_STEPS if budget else None)
     return RunConfig(
         DataConfig(data=str(tasks), template=cfg.template, max_length=256),
         TrainConfig(model=cfg.model, out=str(model_dir), overwrite=True, lr=cfg.lr, weight_decay=0.0,
-                    batch_size=cfg.batch_size, group_by_length=budget, epochs=cfg.epochs, max_steps=steps,
-                    eval_every=50, eval_batches=2, seed=cfg.seed, warmup_steps=10, schedule="cosine",
-                    max_new_tokens=max_new_tokens, gen_batch_size=cfg.gen_batch_size, sample_every_epoch=False,
-                    lora=lora, device=cfg.device),
+                    batch_size=cfg.batch_size, pack=True, pack_length=64, epochs=cfg.epochs, max_steps=cfg.steps,
+                    time_budget=None if cfg.steps else cfg.train_seconds, eval_every=50, eval_batches=2,
+                    seed=cfg.seed, warmup_steps=10, schedule="cosine", max_new_tokens=max_new_tokens,
+                    gen_batch_size=cfg.gen_batch_size, sample_every_epoch=False, lora=lora, device=cfg.device),
     )
 
 
@@ -113,7 +118,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     new_tokens = cfg.max_new_tokens or answer_budget(tokenizer, template, split.train)
     gen = GenerateConfig(max_new_tokens=new_tokens, batch_size=cfg.gen_batch_size)
     device = choose_device(cfg.device)
-    budget = cfg.steps is None and resolve_precision("auto", device) == "fp32"
+    precision = resolve_precision("auto", device)
     base = load_model(cfg.model).to(device)
     t = time.perf_counter()
     before_records = with_responses(split.test, generate_responses(base, tokenizer, template, split.test, gen))
@@ -125,10 +130,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     del base
 
     model_dir = out / "model"
-    run = demo_run(cfg, tasks_path, model_dir, new_tokens, budget=budget)
-    log(f"3/4 finetuning {cfg.model} ({'LoRA' if cfg.lora else 'full'}) ..."
-        + (f" {FP32_STEPS} steps: this CPU trains in fp32 (no bf16 hardware); --steps 298 for the full "
-           "2 epochs (3.3x the steps; 92-94% held-out where measured)" if budget else ""))
+    run = demo_run(cfg, tasks_path, model_dir, new_tokens)
+    log(f"3/4 finetuning {cfg.model} ({'LoRA' if cfg.lora else 'full'}, {precision}) ..."
+        + (f" {cfg.steps} steps" if cfg.steps else
+           f" {cfg.epochs} epochs or {cfg.train_seconds:g}s of steps, whichever ends first"
+           + (" (no bf16 hardware here: fp32, fewer steps, a lower accuracy than where bf16 trains)"
+              if precision == "fp32" else "")))
     result = finetune(run, log=log).result
     after_records = read_json(model_dir / "test-with-response.json")
     after = score(after_records)

@@ -39,6 +39,7 @@ from heed.runtime.progress import log as _log
 from heed.runtime.progress import progress
 from heed.train import checkpoint, checkpoint_check
 from heed.train.finish import finish, unsharded
+from heed.train.budget import Pace
 from heed.train.loss import compile_body, loss_sum
 from heed.train.optim import clipped_step, make_optimizer
 from heed.train.parallel import DataParallel, Sharded
@@ -260,6 +261,7 @@ class Loop:
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
         self.cfg = s.run.train
         self.out = Path(self.cfg.out)
+        self.pace = Pace.for_run(self.cfg.time_budget, self.cfg.warmup_steps, state.step)
         self.started = time.perf_counter()
 
     def elapsed(self) -> float:
@@ -361,7 +363,12 @@ class Loop:
         order = step_order(s.train_examples, cfg, shuffle=cfg.shuffle, seed=cfg.seed + state.epoch,
                            drop_last=s.drop_last)
         while state.batch_in_epoch < len(order) and state.step < s.total_steps:
+            started = time.perf_counter()
             loss = self.step([s.train_examples[i] for i in order[state.batch_in_epoch]])
+            if self.pace is not None:
+                self.pace.observe(time.perf_counter() - started)
+                if self.pace.due(state.step):
+                    self.fit_budget(bar)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if state.step == 1 or state.step % cfg.eval_every == 0:
@@ -380,6 +387,23 @@ class Loop:
             state.batch_in_epoch = 0
             if self.on_epoch_end:
                 self.on_epoch_end(s, state.epoch)
+
+    def fit_budget(self, bar: Any) -> None:
+        """Fix the run's length to the steps that fit in --time-budget (every rank takes rank 0's count),
+        and the schedule and the saved settings with it, so a resumed run keeps that length."""
+        s, pace = self.s, self.pace
+        assert pace is not None
+        fit = distributed.broadcast(pace.steps())
+        total = max(self.state.step, min(s.total_steps, fit))
+        self.log(f"--time-budget {self.cfg.time_budget:g}s: {pace.per_step():.2f}s a step here, so {total} steps"
+                 + (f" (of {s.total_steps})" if total < s.total_steps else ""))
+        s.total_steps = total
+        s.scheduler.lr_lambdas = [lr_lambda(self.cfg.warmup_steps, total, self.cfg.schedule)]
+        s.run = replace(s.run, train=replace(s.run.train, max_steps=total))
+        self.cfg = s.run.train
+        self.pace = None
+        bar.total = total
+        bar.refresh()
 
     def fit(self) -> None:
         state = self.state
