@@ -6,7 +6,7 @@ import torch
 from heed.config import GenerateConfig
 from heed.data.encode import prompt_ids
 from heed.data.templates import TEMPLATES
-from heed.generate.decode import StaticDecoder
+from heed.generate.decode import KEPT_SHAPES, StaticDecoder
 from heed.runtime.compile import BUCKET, cache_length as bucket
 from heed.generate import generate_ids, make_decoder
 from heed.model import load_model
@@ -63,6 +63,14 @@ def test_static_decoder_is_reused_across_batches(tokenizer):
     assert again == first[::-1]  # and nothing of the first batch leaks into the second
     generate_ids(model, ps[:1], pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
     assert decoder.cache is not cache  # another batch size: a new cache
+    mask = decoder.mask
+    back = generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    assert decoder.cache is cache and back == first  # the first shape's buffers were kept, and reset
+    for extra in range(1, 1 + KEPT_SHAPES):  # more batch sizes than are kept: the least recent goes
+        generate_ids(model, (ps * 8)[:len(ps) + extra], pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    assert len(decoder._kept) == KEPT_SHAPES
+    generate_ids(model, ps, pad_id=50256, eos=-1, cfg=cfg, decoder=decoder)
+    assert decoder.mask is not mask and decoder.cache is not cache
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])

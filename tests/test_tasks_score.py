@@ -105,7 +105,7 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
     """Without --max-new-tokens the demo decodes the longest training answer and the stop marker at most,
     for the base model and the finetuned one alike, in batches of --gen-batch-size."""
     import heed.generate.responses as responses
-    from heed.commands.demo import TRAIN_SECONDS, DemoConfig, answer_budget, run_demo
+    from heed.commands.demo import DemoConfig, answer_budget, run_demo
     from heed.data.records import load_records, split_records
     from heed.data.templates import get_template
     from heed.model import load_tokenizer
@@ -129,8 +129,9 @@ def test_demo_sizes_answers_by_the_training_answers(tmp_path, monkeypatch):
     assert sum(c[1] for c in calls) == 2 * len(split.test) and max(c[1] for c in calls) == 5  # base, then finetuned
     run = json.loads((out / "model" / "heed.json").read_text())["config"]
     assert run["train"]["max_new_tokens"] == budget and run["train"]["gen_batch_size"] == 5
-    assert run["train"]["pack"] is True and run["train"]["time_budget"] == TRAIN_SECONDS
-    assert run["train"]["max_steps"] == summary["steps"]  # the budget's count, saved for a resume
+    assert run["train"]["pack"] is True and run["train"]["epochs"] == 2
+    # the time budget (far more than 2 epochs take) fixed the length: saved as a step count
+    assert run["train"]["max_steps"] == summary["steps"] and run["train"]["time_budget"] is None
 
 
 def test_demo_trains_two_epochs_or_its_time_budget_and_steps_override_it():

@@ -50,7 +50,26 @@ def test_time_budget_sets_the_steps_and_the_schedule_decays_to_them(data_file, t
     lrs = [row["lr"] for row in result.metrics if row.get("step") == 20]
     assert lrs and lrs[-1] == pytest.approx(0.1 * run.train.lr)  # cosine ends at 10%: the schedule knew 20
     saved = json.loads((out / "heed.json").read_text())
-    assert saved["config"]["train"]["max_steps"] == 20 and saved["config"]["train"]["time_budget"] == 10.0
+    assert saved["config"]["train"]["max_steps"] == 20 and saved["config"]["train"]["time_budget"] is None
+
+
+def test_the_steps_after_a_late_decision_follow_the_new_length(data_file, tmp_path, clock):
+    """No warmup: steps 1-6 ran on the 120-step cosine; from step 7 on the rate is the 20-step one's.
+    (A row's lr is the rate of the step after it.)"""
+    from heed.train.schedule import lr_lambda
+
+    run = run_config(data_file, tmp_path / "run", epochs=40, eval_every=1, eval_batches=1, schedule="cosine",
+                     time_budget=10.0)
+    rates = {row["step"]: row["lr"] for row in train(run, log=quiet).metrics if "step" in row}
+    short, long = lr_lambda(0, 20, "cosine"), lr_lambda(0, 120, "cosine")
+    assert rates[5] == pytest.approx(run.train.lr * long(5)) and long(5) - short(5) > 0.01
+    for step in (6, 12, 19):
+        assert rates[step] == pytest.approx(run.train.lr * short(step))
+
+
+def test_pace_is_the_median_so_a_stall_moves_it_little():
+    pace = Pace(budget=100.0, decide_at=6, seconds=[3.0, 1.0, 1.0, 30.0, 1.0, 1.0])  # one compile in the middle
+    assert pace.per_step() == 1.0
 
 
 def test_time_budget_never_adds_steps(data_file, tmp_path, clock):

@@ -27,6 +27,11 @@ from heed.runtime.compile import (cache_length, compiled_step, compiled_whole_st
                                   static_buffers)
 
 
+# Batch shapes whose cache and buffers a static decoder keeps: back on a kept shape (a server's batch
+# sizes come and go), a CUDA graph replays on the same addresses instead of recording again.
+KEPT_SHAPES = 4
+
+
 class DynamicDecoder:
     """Hugging Face's default cache: grows by concatenation; shapes change every step."""
 
@@ -59,7 +64,8 @@ class StaticDecoder:
     """A preallocated cache and mask, written in place; the one-token step optionally compiled.
 
     Keep one decoder per model and reuse it: a cache of the same batch size and length is reset, not
-    reallocated, so a compiled step (and its CUDA graph) is reused across batches. A compiled decoder
+    reallocated (the last ``KEPT_SHAPES`` shapes are kept), so a compiled step (and its CUDA graph) is
+    reused across batches. A compiled decoder
     keeps low-precision copies of the weights: make a new one after the weights change (training).
 
     Compiled, and where ``whole_steps``, a greedy decoding step is one compiled function (``advance``):
@@ -85,6 +91,7 @@ class StaticDecoder:
         self.whole_steps = compile and full_length_fits(model.config)
         self._advance = compiled_whole_step(_whole_step(self._eager), device) if self.whole_steps else None
         self._copies: dict[int, torch.Tensor] = {}
+        self._kept: dict[tuple[Any, ...], tuple[Any, torch.Tensor, torch.Tensor, Rows]] = {}
 
     def running(self) -> contextlib.AbstractContextManager:
         """Held around one ``generate_ids`` call: a compiled step under autocast gets its matmul weights
@@ -104,19 +111,24 @@ class StaticDecoder:
         kind = ids.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         key = (batch, length, ids.device, dtype)
-        if key != self.key:
+        kept = self._kept.pop(key, None)
+        if kept is None:
             config = self.model.config
-            self.cache = (full_length_cache(config, length) if self.whole_steps
-                          else StaticCache(config=config, max_cache_len=length))
-            one_dtype(self.cache)
+            cache = (full_length_cache(config, length) if self.whole_steps
+                     else StaticCache(config=config, max_cache_len=length))
+            one_dtype(cache)
             # Buffers a compiled step writes in place: a CUDA graph replays on their addresses.
-            self.mask = torch.zeros((batch, length), dtype=torch.long, device=ids.device)
-            self.at = torch.zeros(1, dtype=torch.long, device=ids.device)  # where the next token is cached
-            self._rows = Rows.empty(batch, length, ids.device)
-            static_buffers(self.mask, self.at, *vars(self._rows).values())
-            self.key = key
+            visible = torch.zeros((batch, length), dtype=torch.long, device=ids.device)
+            at = torch.zeros(1, dtype=torch.long, device=ids.device)  # where the next token is cached
+            rows = Rows.empty(batch, length, ids.device)
+            static_buffers(visible, at, *vars(rows).values())
+            kept = (cache, visible, at, rows)
         else:
-            self.cache.reset()
+            kept[0].reset()
+        self._kept[key] = kept  # the most recent last
+        while len(self._kept) > KEPT_SHAPES:
+            self._kept.pop(next(iter(self._kept)))
+        (self.cache, self.mask, self.at, self._rows), self.key = kept, key
         self.mask.zero_()
         self.mask[:, :width] = mask
         self.at.fill_(width)

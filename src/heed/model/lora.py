@@ -35,7 +35,8 @@ def add_adapters(model: Any, cfg: LoraConfig) -> Any:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return peft.get_peft_model(model, config)
     except ValueError as e:
-        raise HeedError(f"--lora-targets: {str(e).splitlines()[0]}") from None
+        flag = "--lora-targets" + (" with --lora-last-layers" if cfg.last_layers is not None else "")
+        raise HeedError(f"{flag}: {str(e).splitlines()[0]}") from None
 
 
 def _last_layers(model: Any, n: int) -> list[int]:
@@ -59,7 +60,7 @@ def _layer_targets(model: Any, cfg: LoraConfig, peft: Any) -> list[str]:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
         default = DEFAULTS.get(getattr(model.config, "model_type", ""))
-        if default is None:
+        if not isinstance(default, (list, tuple, set)):  # none, or a pattern over full module names
             raise HeedError("--lora-last-layers: peft has no default targets for this model type; "
                             "name them with --lora-targets (e.g. --lora-targets all-linear)")
         return list(default)

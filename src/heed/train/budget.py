@@ -2,7 +2,7 @@
 
 Steps cost what the hardware makes them cost (a 2-core CPU without bf16 trains several times slower
 than one with it), so a fixed ``--max-steps`` either overruns a time limit or leaves time unused. The
-pace is measured on the run's own first steps (the first is left out: it allocates and warms caches),
+pace is the median of the run's own first steps (the first left out: it allocates and warms caches),
 and the step count fixed once, by the end of warmup, so a cosine schedule decays to that count exactly
 as if it had been given up front (with fewer warmup steps than ``PACE_STEPS`` the steps before the
 decision followed a slightly longer schedule).
@@ -11,6 +11,7 @@ decision followed a slightly longer schedule).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 PACE_STEPS = 6  # the step count is decided after this many steps at the earliest (or at the end of warmup)
@@ -38,7 +39,7 @@ class Pace:
         return step == self.decide_at
 
     def steps(self) -> int:
-        """How many steps fit in the budget: those taken, then the rest at the pace of all but the first
+        """How many steps fit in the budget: those taken, then the rest at the pace of those after the first
         (steps taken before a resume count at that pace too).
 
         >>> Pace(budget=60.0, decide_at=6, seconds=[9.0, 2.0, 2.0, 2.0, 2.0, 2.0]).steps()  # 41 s left: 20 more
@@ -49,5 +50,6 @@ class Pace:
         return self.done + len(self.seconds) + max(0, math.floor(left / per_step))
 
     def per_step(self) -> float:
-        timed = self.seconds[1:] or self.seconds
-        return sum(timed) / len(timed)
+        """The median step after the first: a stall (a recompile under --compile, another job) moves it
+        little, where it would move a mean."""
+        return statistics.median(self.seconds[1:] or self.seconds)

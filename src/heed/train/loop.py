@@ -398,8 +398,14 @@ class Loop:
         self.log(f"--time-budget {self.cfg.time_budget:g}s: {pace.per_step():.2f}s a step here, so {total} steps"
                  + (f" (of {s.total_steps})" if total < s.total_steps else ""))
         s.total_steps = total
-        s.scheduler.lr_lambdas = [lr_lambda(self.cfg.warmup_steps, total, self.cfg.schedule)]
-        s.run = replace(s.run, train=replace(s.run.train, max_steps=total))
+        factor = lr_lambda(self.cfg.warmup_steps, total, self.cfg.schedule)
+        s.scheduler.lr_lambdas = [factor]
+        # the next step's rate, already set from the old length (it differs only past warmup)
+        for group, base in zip(s.optimizer.param_groups, s.scheduler.base_lrs):
+            group["lr"] = base * factor(s.scheduler.last_epoch)
+        s.scheduler._last_lr = [group["lr"] for group in s.optimizer.param_groups]
+        # Saved as a fixed length: run.yaml trains the same steps again, a resume keeps them.
+        s.run = replace(s.run, train=replace(s.run.train, max_steps=total, time_budget=None))
         self.cfg = s.run.train
         self.pace = None
         bar.total = total
