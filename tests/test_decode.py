@@ -149,7 +149,7 @@ def test_compiled_step_under_bf16_autocast_matches_eager_logits(arch, tokenizer)
 @torch.no_grad()
 def _per_token_loop(model, prompts, *, pad_id, eos, cfg, generator=None):
     """generate_ids as it was before the bookkeeping moved to the device: asks the host every token."""
-    from heed.generate.responses import _next_token
+    from heed.generate.responses import choose
 
     model.eval()
     decoder = make_decoder(model, cfg)
@@ -163,10 +163,11 @@ def _per_token_loop(model, prompts, *, pad_id, eos, cfg, generator=None):
     positions = prompt_positions[:, -1:]
     finished = torch.zeros(len(prompts), dtype=torch.bool)
     out = [[] for _ in prompts]
+    noise = torch.rand((len(prompts), cfg.max_new_tokens), generator=generator) if cfg.temperature > 0 else None
     with decoder.running():
         logits = decoder.prefill(ids, mask, prompt_positions, cfg.max_new_tokens)
         for i in range(cfg.max_new_tokens):
-            token = _next_token(logits.float(), cfg, generator)
+            token = choose(logits.float(), cfg, None if noise is None else noise[:, i])
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             for row in (~finished & (token != eos)).nonzero().flatten().tolist():
                 out[row].append(int(token[row]))
@@ -184,7 +185,8 @@ def _per_token_loop(model, prompts, *, pad_id, eos, cfg, generator=None):
 def test_device_bookkeeping_decodes_like_the_per_token_loop(arch, cache, temperature, check_every, tokenizer):
     """Same tokens as the loop that synced every token, greedy and seeded sampling, each row stopping at its
     own EOS; checking "all finished" only every 5 steps runs extra steps, which must leave the sampling
-    generator exactly where the per-token loop leaves it (the next batch draws the same numbers)."""
+    generator exactly where the per-token loop leaves it (the next batch draws the same numbers): both
+    draw a batch's uniform numbers up front."""
     model = load_model("random:gpt2-tiny", seed=3) if arch == "gpt2" else _tiny_gemma3()
     ps = _prompts(tokenizer)
     cfg = GenerateConfig(max_new_tokens=18, cache=cache, temperature=temperature, top_k=50)

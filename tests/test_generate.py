@@ -75,6 +75,21 @@ def test_top_k_and_top_p_filters():
     assert torch.isinf(_filter_logits(logits, None, 0.5)).tolist() == [[False, True, True, True]]
 
 
+def test_choose_samples_each_token_with_its_probability_and_never_a_filtered_one():
+    from heed.generate.responses import choose
+
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    n = 1000
+    draws = (torch.arange(n) + 0.5) / n  # evenly spread uniform numbers: each token gets its share exactly
+    picks = choose(probs.log().expand(n, 3), GenerateConfig(temperature=1.0), draws)
+    assert torch.bincount(picks, minlength=3).tolist() == [200, 500, 300]
+    # the extremes of [0, 1) with top-k 2 of 4: only the two kept tokens come out
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]]).expand(3, 4)
+    kept = choose(logits, GenerateConfig(temperature=1.0, top_k=2), torch.tensor([0.0, 0.5, 1 - 2**-24]))
+    assert set(kept.tolist()) == {0, 1}
+    assert choose(logits, GenerateConfig(temperature=0.0), None).tolist() == [0, 0, 0]
+
+
 def test_responses_in_input_order(model, tokenizer):
     recs = [Record(i, p, "", None, {"instruction": p}) for i, p in enumerate(PROMPTS)]
     cfg = GenerateConfig(max_new_tokens=5, batch_size=2)

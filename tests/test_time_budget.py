@@ -70,6 +70,26 @@ def test_the_steps_after_a_late_decision_follow_the_new_length(data_file, tmp_pa
 def test_pace_is_the_median_so_a_stall_moves_it_little():
     pace = Pace(budget=100.0, decide_at=6, seconds=[3.0, 1.0, 1.0, 30.0, 1.0, 1.0])  # one compile in the middle
     assert pace.per_step() == 1.0
+    pace.decided = True
+    pace.seconds += [2.0] * 10  # after the decision: the last 10 steps' pace
+    assert pace.per_step() == 2.0 and pace.due(16) and pace.due(26) and not pace.due(17)
+
+
+def test_a_machine_that_slows_down_gets_fewer_steps(data_file, tmp_path, clock):
+    """The count fixed at step 6 (20 steps at 0.5 s) is checked every 10 steps: from step 9 on a step takes
+    1 s, so at step 16 the 10 s are spent and the run ends there, its schedule decayed to 16."""
+    def slower(state):
+        if state.step == 8:
+            clock.tick = 1.0
+
+    logs = []
+    run = run_config(data_file, tmp_path / "run", epochs=40, eval_every=1, eval_batches=1, schedule="cosine",
+                     time_budget=10.0)
+    result = train(run, log=logs.append, on_step=slower)
+    assert result.steps == 16
+    assert any("--time-budget 10s: 1.00s a step here now; 16 steps instead of 20" in line for line in logs)
+    rates = {row["step"]: row["lr"] for row in result.metrics if "step" in row}
+    assert rates[16] == pytest.approx(0.1 * run.train.lr)
 
 
 def test_time_budget_never_adds_steps(data_file, tmp_path, clock):

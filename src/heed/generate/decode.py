@@ -68,15 +68,15 @@ class StaticDecoder:
     reused across batches. A compiled decoder
     keeps low-precision copies of the weights: make a new one after the weights change (training).
 
-    Compiled, and where ``whole_steps``, a greedy decoding step is one compiled function (``advance``):
-    the model's forward on the last token, the argmax, the padding of finished rows, the token written
-    into ``Rows.tokens``, the finished flags and the next positions, all in place on fixed buffers, so on
-    CUDA the whole step replays as one CUDA graph with no host work in it. ``whole_steps`` holds for
-    models whose layers are full or sliding-window attention (GPT-2, Gemma 3, Llama-like models); their
-    cache is ``full_length_cache``, which counts only in tensors. Other layer kinds (linear attention,
-    chunked attention, ...) keep transformers' ``StaticCache`` and the compiled model step alone.
-    Sampling keeps that step too: inside a compiled graph random numbers come from inductor's own
-    generator, not the caller's, so the tokens drawn would not be those of the eager path.
+    Compiled, and where ``whole_steps``, a decoding step is one compiled function (``advance``): the
+    model's forward on the last token, the token's choice (argmax, or a sample by inverse transform of
+    the uniform numbers ``generate_ids`` drew up front from the caller's generator), the padding of
+    finished rows, the token written into ``Rows.tokens``, the finished flags and the next positions,
+    all in place on fixed buffers, so on CUDA the whole step replays as one CUDA graph with no host work
+    in it. ``whole_steps`` holds for models whose layers are full or sliding-window attention (GPT-2,
+    Gemma 3, Llama-like models); their cache is ``full_length_cache``, which counts only in tensors.
+    Other layer kinds (linear attention, chunked attention, ...) keep transformers' ``StaticCache`` and
+    the compiled model step alone, with the choice beside it.
     """
 
     static_steps = True  # every step has the cache's shapes
@@ -89,7 +89,8 @@ class StaticDecoder:
         self._eager = _forward(model)
         self._step = compiled_step(self._eager, device) if compile else self._eager
         self.whole_steps = compile and full_length_fits(model.config)
-        self._advance = compiled_whole_step(_whole_step(self._eager), device) if self.whole_steps else None
+        self._device = device
+        self._advance: dict[tuple[float, int | None, float | None], Any] = {}  # one per way of choosing
         self._copies: dict[int, torch.Tensor] = {}
         self._kept: dict[tuple[Any, ...], tuple[Any, torch.Tensor, torch.Tensor, Rows]] = {}
 
@@ -143,10 +144,14 @@ class StaticDecoder:
         _reveal_next(self.mask, self.at)
         return self._step(token, self.mask, positions, self.cache)
 
-    def advance(self, rows: Rows) -> None:
-        """One whole greedy decoding step on ``rows`` (``self.rows()``), in place: see the class docstring."""
-        assert self._advance is not None, "advance needs a compiled decoder whose whole_steps is set"
-        self._advance(rows, self.mask, self.at, self.cache)
+    def advance(self, rows: Rows, cfg: Any) -> None:
+        """One whole decoding step on ``rows`` (``self.rows()``), in place, choosing tokens as ``cfg``
+        (a ``GenerateConfig``) says: see the class docstring."""
+        assert self.whole_steps, "advance needs a compiled decoder whose whole_steps is set"
+        key = (cfg.temperature, cfg.top_k, cfg.top_p) if cfg.temperature > 0 else (0.0, None, None)
+        if key not in self._advance:
+            self._advance[key] = compiled_whole_step(_whole_step(self._eager, cfg), self._device)
+        self._advance[key](rows, self.mask, self.at, self.cache)
 
 
 def _reveal_next(mask: torch.Tensor, at: torch.Tensor) -> None:
@@ -155,12 +160,16 @@ def _reveal_next(mask: torch.Tensor, at: torch.Tensor) -> None:
     at.add_(1)
 
 
-def _whole_step(forward: Any) -> Any:
+def _whole_step(forward: Any, cfg: Any) -> Any:
+    from heed.generate.responses import choose
+
+    sampling = cfg.temperature > 0
+
     def step(rows: Rows, mask: torch.Tensor, at: torch.Tensor, cache: Any) -> None:
         rows.advance_positions()
         _reveal_next(mask, at)
         logits = forward(rows.token, mask, rows.positions, cache)  # (B, V)
-        record(rows, logits.float().argmax(-1))  # greedy, as generate_ids' eager choice
+        record(rows, choose(logits, cfg, rows.draws() if sampling else None))  # as generate_ids' eager choice
 
     return step
 

@@ -37,11 +37,23 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
     return logits
 
 
-def _next_token(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator | None) -> torch.Tensor:
+def choose(logits: torch.Tensor, cfg: GenerateConfig, draws: torch.Tensor | None) -> torch.Tensor:
+    """Each row's next token (B,): the argmax (``cfg.temperature`` 0), else a sample from the softmax of
+    the filtered, tempered logits by inverse transform: the first token whose cumulative probability
+    reaches ``1 - draws`` (B,) of the total, ``draws`` uniform in [0, 1). No host sync and no random
+    number generated here, so the same code runs eagerly and inside a compiled step and picks the same
+    tokens for the same draws, up to rounding (a compiled cumulative sum over a very flat distribution
+    can move a draw onto a neighbouring token, as bf16 can move an argmax at a near-tie).
+
+    >>> choose(torch.log(torch.tensor([[0.2, 0.5, 0.3]])), GenerateConfig(temperature=1.0), torch.tensor([0.6]))
+    tensor([1])
+    """
     if cfg.temperature <= 0:
-        return logits.argmax(-1)  # (B,)
-    logits = _filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        return logits.argmax(-1)
+    probs = _filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)  # (B, V)
+    cumulative = probs.cumsum(-1)
+    target = (1.0 - draws)[:, None] * cumulative[:, -1:]  # in (0, total]: never a zero-probability token
+    return (cumulative < target).sum(-1).clamp(max=probs.size(-1) - 1)
 
 
 CHECK_EVERY_CUDA = 16  # decoding steps between "all rows finished?" checks on CUDA (each is a host sync)
@@ -66,10 +78,13 @@ def generate_ids(
     (B, max_new_tokens) tensor, a finished row gets ``pad_id`` (``torch.where``), and the host asks whether
     every row has finished only every ``check_every`` steps (default: every step on a CPU, where asking is free; every
     ``CHECK_EVERY_CUDA`` on CUDA, where each question waits for the GPU to drain). Steps run past the
-    last EOS change nothing: their tokens are cut at EOS, and a sampling generator is set back to its
-    state at the step where the last row finished, so later batches draw the same numbers as before.
-    A compiled static decoder decoding greedily runs each step after the first as one compiled function,
-    model and bookkeeping together (``StaticDecoder.advance``; one CUDA graph on CUDA), with the same tokens.
+    last EOS change nothing: their tokens are cut at EOS. Sampling draws its uniform numbers for the
+    whole batch up front, one per row and step, from ``generator`` (``choose``): the generator moves on by
+    the same amount whenever the rows finish, so later batches draw the same numbers whatever
+    ``check_every`` is.
+    A compiled static decoder runs each step after the first as one compiled function: model, token
+    choice (greedy or sampled) and bookkeeping together (``StaticDecoder.advance``; one CUDA graph on
+    CUDA), with the same tokens.
     """
     was_training = model.training
     model.eval()
@@ -87,33 +102,29 @@ def generate_ids(
     prompt_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     limit = torch.tensor(limits, device=device)  # (B,)
     rng = _sampling_rng(cfg, generator, device)
-    whole = cfg.temperature <= 0 and getattr(decoder, "whole_steps", False)
-    states = []  # the generator's state after each step: set back to the last row's finishing step
+    noise = None if rng is None else torch.rand((len(prompts), steps), generator=rng, device=device)
+    whole = getattr(decoder, "whole_steps", False)
     with decoder.running():
         with attention_backends(device, static=False):  # every batch of prompts has another width
             logits = decoder.prefill(ids, mask, prompt_positions, steps)
         rows = decoder.rows() if whole else Rows.empty(len(prompts), steps, device)
-        rows.start(prompt_positions[:, -1:], limit, pad_id, eos)  # positions: +1 for each new token
+        rows.start(prompt_positions[:, -1:], limit, pad_id, eos, noise)  # positions: +1 for each new token
+        sampling = noise is not None
         with attention_backends(device, static=getattr(decoder, "static_steps", False)):
             for i in range(steps):
                 if i == 0:
-                    record(rows, _next_token(logits.float(), cfg, generator))
+                    record(rows, choose(logits, cfg, rows.draws() if sampling else None))
                 elif whole:
-                    decoder.advance(rows)  # the same three lines below, as one compiled step
+                    decoder.advance(rows, cfg)  # the same three lines below, as one compiled step
                 else:
                     rows.advance_positions()
                     logits = decoder.step(rows.token, rows.positions)
-                    record(rows, _next_token(logits.float(), cfg, generator))
-                if rng is not None:
-                    states.append(rng.get_state())
+                    record(rows, choose(logits, cfg, rows.draws() if sampling else None))
                 if i == steps - 1 or ((i + 1) % check_every == 0 and bool(rows.finished.all())):
                     break
     model.train(was_training)
     tokens = rows.tokens[:, :steps].tolist()  # the one sync
     out = [(row[:row.index(eos)] if eos in row else row)[:n] for row, n in zip(tokens, limits)]
-    if rng is not None:
-        last = max((len(row) for row in out), default=0)  # the step at which the last row ended
-        rng.set_state(states[min(last, len(states) - 1)])
     return out
 
 

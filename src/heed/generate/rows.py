@@ -29,6 +29,7 @@ class Rows:
     step: torch.Tensor  # (1,) index of the next token in ``tokens``
     pad: torch.Tensor  # () the token a finished row gets
     eos: torch.Tensor  # ()
+    noise: torch.Tensor  # (B, N) uniform numbers in [0, 1), one per row and step: sampling's draws
 
     @classmethod
     def empty(cls, batch: int, room: int, device: torch.device) -> "Rows":
@@ -38,10 +39,13 @@ class Rows:
 
         return cls(tokens=longs(batch, room), finished=torch.zeros(batch, dtype=torch.bool, device=device),
                    limit=longs(batch), positions=longs(batch, 1), last_position=longs(batch, 1),
-                   token=longs(batch, 1), step=longs(1), pad=longs(), eos=longs())
+                   token=longs(batch, 1), step=longs(1), pad=longs(), eos=longs(),
+                   noise=torch.zeros((batch, room), device=device))
 
-    def start(self, positions: torch.Tensor, limit: torch.Tensor, pad_id: int, eos: int) -> None:
-        """A new batch: ``positions`` (B, 1) of each prompt's last token, ``limit`` (B,) new tokens a row."""
+    def start(self, positions: torch.Tensor, limit: torch.Tensor, pad_id: int, eos: int,
+              noise: torch.Tensor | None = None) -> None:
+        """A new batch: ``positions`` (B, 1) of each prompt's last token, ``limit`` (B,) new tokens a row,
+        ``noise`` (B, steps) the uniform draws sampling uses (None: greedy)."""
         self.tokens.fill_(pad_id)
         self.finished.zero_()
         self.limit.copy_(limit)
@@ -52,6 +56,12 @@ class Rows:
         self.step.zero_()
         self.pad.fill_(pad_id)
         self.eos.fill_(eos)
+        if noise is not None:
+            self.noise[:, :noise.shape[1]].copy_(noise)
+
+    def draws(self) -> torch.Tensor:
+        """(B,) this step's uniform numbers."""
+        return self.noise.index_select(1, self.step).squeeze(1)
 
     def advance_positions(self) -> None:
         """The positions of the tokens about to go through the model."""

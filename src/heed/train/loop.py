@@ -262,6 +262,7 @@ class Loop:
         self.cfg = s.run.train
         self.out = Path(self.cfg.out)
         self.pace = Pace.for_run(self.cfg.time_budget, self.cfg.warmup_steps, state.step)
+        self.run_budget = self.cfg.time_budget  # the saved settings drop it once it has fixed the length
         self.started = time.perf_counter()
 
     def elapsed(self) -> float:
@@ -390,13 +391,19 @@ class Loop:
 
     def fit_budget(self, bar: Any) -> None:
         """Fix the run's length to the steps that fit in --time-budget (every rank takes rank 0's count),
-        and the schedule and the saved settings with it, so a resumed run keeps that length."""
+        and the schedule and the saved settings with it, so a resumed run keeps that length; later checks
+        only shorten it."""
         s, pace = self.s, self.pace
         assert pace is not None
         fit = distributed.broadcast(pace.steps())
         total = max(self.state.step, min(s.total_steps, fit))
-        self.log(f"--time-budget {self.cfg.time_budget:g}s: {pace.per_step():.2f}s a step here, so {total} steps"
-                 + (f" (of {s.total_steps})" if total < s.total_steps else ""))
+        first, pace.decided = not pace.decided, True
+        if total == s.total_steps and not first:
+            return
+        budget = self.run_budget
+        self.log(f"--time-budget {budget:g}s: {pace.per_step():.2f}s a step here"
+                 + (f" now; {total} steps instead of {s.total_steps}" if not first else
+                    f", so {total} steps" + (f" (of {s.total_steps})" if total < s.total_steps else "")))
         s.total_steps = total
         factor = lr_lambda(self.cfg.warmup_steps, total, self.cfg.schedule)
         s.scheduler.lr_lambdas = [factor]
@@ -407,7 +414,6 @@ class Loop:
         # Saved as a fixed length: run.yaml trains the same steps again, a resume keeps them.
         s.run = replace(s.run, train=replace(s.run.train, max_steps=total, time_budget=None))
         self.cfg = s.run.train
-        self.pace = None
         bar.total = total
         bar.refresh()
 
