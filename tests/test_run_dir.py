@@ -14,6 +14,13 @@ TINY = ["--model", "random:gpt2-tiny", "--batch-size", "2", "--epochs", "1", "--
         "--precision", "fp32", "--no-sample", "--max-new-tokens", "4", "--train-frac", "0.6", "--test-frac", "0.2"]
 
 
+def tiny_run(data_file, out, **train):
+    """A run of GPT-2 tiny on the test records, batches of 2, fp32, no sample or test responses."""
+    return RunConfig(DataConfig(data=data_file, train_frac=0.6, test_frac=0.2),
+                     TrainConfig(model="random:gpt2-tiny", out=str(out), batch_size=2, precision="fp32",
+                                 sample_every_epoch=False, generate_test=False, **train))
+
+
 def quiet(_):
     pass
 
@@ -93,9 +100,7 @@ def test_a_diverging_loss_stops_before_the_weights_change(tmp_path, data_file, m
         return value
 
     monkeypatch.setattr(loop, "loss_sum", loss_sum)
-    run = RunConfig(DataConfig(data=data_file, train_frac=0.6, test_frac=0.2),
-                    TrainConfig(model="random:gpt2-tiny", out=str(tmp_path / "run"), batch_size=2, epochs=2,
-                                precision="fp32", checkpoint_every=1, sample_every_epoch=False, generate_test=False))
+    run = tiny_run(data_file, tmp_path / "run", epochs=2, checkpoint_every=1)
     with pytest.raises(HeedError, match=r"step 3: the training loss is nan; training stopped before the weights "
                                         r"changed and the last checkpoint \(step 2, in .*\) is kept"):
         finetune(run, log=quiet)
@@ -120,9 +125,7 @@ def test_the_last_metrics_row_does_not_count_time_twice(tmp_path, data_file, mon
 
     monkeypatch.setattr(loop, "time", FakeTime)
     monkeypatch.setattr(loop, "train_step", train_step)
-    run = RunConfig(DataConfig(data=data_file, train_frac=0.6, test_frac=0.2),
-                    TrainConfig(model="random:gpt2-tiny", out=str(tmp_path / "run"), batch_size=2, epochs=1,
-                                eval_every=2, precision="fp32", sample_every_epoch=False, generate_test=False))
+    run = tiny_run(data_file, tmp_path / "run", epochs=1, eval_every=2)
     result = finetune(run, log=quiet).result
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and result.steps == 3
@@ -139,9 +142,7 @@ def test_a_diverging_loss_before_any_checkpoint_says_none_was_written(tmp_path, 
         return value * float("nan") if model.training else value
 
     monkeypatch.setattr(loop, "loss_sum", loss_sum)
-    run = RunConfig(DataConfig(data=data_file, train_frac=0.6, test_frac=0.2),
-                    TrainConfig(model="random:gpt2-tiny", out=str(tmp_path / "run"), batch_size=2, epochs=1,
-                                precision="fp32", checkpoint_every=5, sample_every_epoch=False, generate_test=False))
+    run = tiny_run(data_file, tmp_path / "run", epochs=1, checkpoint_every=5)
     with pytest.raises(HeedError, match=r"step 1: the training loss is nan; training stopped before the weights "
                                         r"changed and no checkpoint was written\. Lower --lr"):
         finetune(run, log=quiet)

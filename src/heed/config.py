@@ -105,8 +105,9 @@ class TrainConfig:
                                       "the loss stays the mean over the step's supervised tokens",
                                       check=at_least(1), metavar="N")
     group_by_length: bool = opt(False, "form batches of examples of similar length (shuffled within groups of "
-                                "64 batches), so that padding costs little; with --batch-size steps. A batch then tends to hold one "
-                                "kind of record: on mixed tasks random batches trained better (--pack pads them little)")
+                                "64 batches), so that padding costs little; with --batch-size steps. A batch "
+                                "then tends to hold one kind of record: on mixed tasks random batches trained "
+                                "better (--pack pads them little)")
     pack: bool = opt(False, "pack each micro-batch into padding-free rows of at most --pack-length tokens "
                      "(attention never crosses examples; same loss and gradients as padding)")
     pack_length: int = opt(256, "longest packed row (capped at --max-length; on CPU longer rows cost more "

@@ -150,8 +150,8 @@ def register(sub: Any) -> None:
     add_flags(p, TrainConfig, only=("model", "out", "overwrite"))
     g = p.add_argument_group("optimisation")
     add_flags(g, TrainConfig, only=("lr", "weight_decay", "batch_size", "grad_accum", "tokens_per_step",
-                                    "group_by_length", "pack", "pack_length", "epochs", "max_steps", "time_budget", "clip",
-                                    "warmup_steps", "schedule", "precision", "compile", "seed", "shuffle", "device",
+                                    "group_by_length", "pack", "pack_length", "epochs", "max_steps", "time_budget",
+                                    "clip", "warmup_steps", "schedule", "precision", "compile", "seed", "shuffle", "device",
                                     "fsdp"))
     g = p.add_argument_group("evaluation and early stopping")
     add_flags(g, TrainConfig, only=("eval_every", "eval_batches", "patience", "min_delta", "checkpoint_every",

@@ -1,8 +1,8 @@
 """One decoding step at a time, over a growing (dynamic) or preallocated (static) KV cache.
 
 ``generate_ids`` drives either decoder the same way: ``prefill`` the left-padded prompts, then ``step``
-one token per row (or, for a compiled static decoder decoding greedily, ``advance``: the whole step,
-token choice and bookkeeping included). The dynamic decoder grows the cache and the attention mask by
+one token per row (or, for a compiled static decoder, ``advance``: the whole step, token choice and
+bookkeeping included). The dynamic decoder grows the cache and the attention mask by
 concatenation; every step has new shapes. The static decoder preallocates both for
 ``cache_length(prompt + new tokens)`` positions and writes into them in place, so every decoding step
 has the same shapes and the same tensor addresses — what ``torch.compile`` needs to compile the step
@@ -161,15 +161,13 @@ def _reveal_next(mask: torch.Tensor, at: torch.Tensor) -> None:
 
 
 def _whole_step(forward: Any, cfg: Any) -> Any:
-    from heed.generate.responses import choose
-
-    sampling = cfg.temperature > 0
+    from heed.generate.responses import choose_next
 
     def step(rows: Rows, mask: torch.Tensor, at: torch.Tensor, cache: Any) -> None:
         rows.advance_positions()
         _reveal_next(mask, at)
         logits = forward(rows.token, mask, rows.positions, cache)  # (B, V)
-        record(rows, choose(logits, cfg, rows.draws() if sampling else None))  # as generate_ids' eager choice
+        record(rows, choose_next(rows, logits, cfg))  # as generate_ids' eager choice
 
     return step
 

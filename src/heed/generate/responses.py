@@ -56,6 +56,11 @@ def choose(logits: torch.Tensor, cfg: GenerateConfig, draws: torch.Tensor | None
     return (cumulative < target).sum(-1).clamp(max=probs.size(-1) - 1)
 
 
+def choose_next(rows: Rows, logits: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+    """``choose`` with this step's draws from ``rows`` (none when greedy)."""
+    return choose(logits, cfg, rows.draws() if cfg.temperature > 0 else None)
+
+
 CHECK_EVERY_CUDA = 16  # decoding steps between "all rows finished?" checks on CUDA (each is a host sync)
 
 
@@ -76,8 +81,8 @@ def generate_ids(
 
     The bookkeeping stays on the device (``heed.generate.rows``): tokens go into a preallocated
     (B, max_new_tokens) tensor, a finished row gets ``pad_id`` (``torch.where``), and the host asks whether
-    every row has finished only every ``check_every`` steps (default: every step on a CPU, where asking is free; every
-    ``CHECK_EVERY_CUDA`` on CUDA, where each question waits for the GPU to drain). Steps run past the
+    every row has finished only every ``check_every`` steps (default: every step on a CPU, where asking is
+    free; every ``CHECK_EVERY_CUDA`` on CUDA, where each question waits for the GPU to drain). Steps run past the
     last EOS change nothing: their tokens are cut at EOS. Sampling draws its uniform numbers for the
     whole batch up front, one per row and step, from ``generator`` (``choose``): the generator moves on by
     the same amount whenever the rows finish, so later batches draw the same numbers whatever
@@ -109,17 +114,16 @@ def generate_ids(
             logits = decoder.prefill(ids, mask, prompt_positions, steps)
         rows = decoder.rows() if whole else Rows.empty(len(prompts), steps, device)
         rows.start(prompt_positions[:, -1:], limit, pad_id, eos, noise)  # positions: +1 for each new token
-        sampling = noise is not None
         with attention_backends(device, static=getattr(decoder, "static_steps", False)):
             for i in range(steps):
                 if i == 0:
-                    record(rows, choose(logits, cfg, rows.draws() if sampling else None))
+                    record(rows, choose_next(rows, logits, cfg))
                 elif whole:
                     decoder.advance(rows, cfg)  # the same three lines below, as one compiled step
                 else:
                     rows.advance_positions()
                     logits = decoder.step(rows.token, rows.positions)
-                    record(rows, choose(logits, cfg, rows.draws() if sampling else None))
+                    record(rows, choose_next(rows, logits, cfg))
                 if i == steps - 1 or ((i + 1) % check_every == 0 and bool(rows.finished.all())):
                     break
     model.train(was_training)
@@ -139,8 +143,7 @@ def _sampling_rng(cfg: GenerateConfig, generator: torch.Generator | None, device
 
 def make_decoder(model: Any, cfg: GenerateConfig) -> Any:
     """The KV cache ``cfg.cache`` names: ``dynamic`` (grows), ``static`` (preallocated, in place),
-    ``compiled`` (static, with the decoding step compiled, greedy: the whole step; CUDA graphs on CUDA)
-    or ``auto`` (``resolve_cache``)."""
+    ``compiled`` (static, with the whole decoding step compiled; CUDA graphs on CUDA) or ``auto`` (``resolve_cache``)."""
     cache = resolve_cache(cfg.cache, next(model.parameters()).device)
     if cache == "dynamic":
         return DynamicDecoder(model)

@@ -22,7 +22,7 @@ def add_adapters(model: Any, cfg: LoraConfig) -> Any:
         raise HeedError("--lora needs the peft package: pip install 'heed[lora]'") from None
     targets, layers = cfg.target_modules, None
     if cfg.last_layers is not None:
-        targets, layers = _layer_targets(model, cfg, peft), _last_layers(model, cfg.last_layers)
+        targets, layers = _layer_targets(model, cfg), _last_layers(model, cfg.last_layers)
     config = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
         layers_to_transform=layers, task_type="CAUSAL_LM",
@@ -49,7 +49,7 @@ def _last_layers(model: Any, n: int) -> list[int]:
     return list(range(total - n, total))
 
 
-def _layer_targets(model: Any, cfg: LoraConfig, peft: Any) -> list[str]:
+def _layer_targets(model: Any, cfg: LoraConfig) -> list[str]:
     """``--lora-targets`` as a list of module names, which peft needs to pick layers by index:
     unset means peft's default for the model type, ``all-linear`` every linear projection inside the
     layers (never the output head)."""

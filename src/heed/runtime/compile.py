@@ -4,7 +4,7 @@ A compiled function recompiles for each new input shape, so heed keeps shapes fe
 round their padded width up to a multiple of ``BUCKET`` and packed row counts to ``row_bucket``; a
 static KV cache rounds its length up the same way (``cache_length``). Compiled callables are made here
 and nowhere else: the training body (``compile_module``/``compiled``), the model's one-token decoding step
-(``compiled_step``) and the whole greedy decoding step (``compiled_whole_step``), CUDA graphs on CUDA.
+(``compiled_step``) and the whole decoding step (``compiled_whole_step``), CUDA graphs on CUDA.
 """
 
 from __future__ import annotations
@@ -66,16 +66,8 @@ def compiled_step(step: Callable[..., torch.Tensor], device: torch.device) -> Ca
     Automatic dynamic shapes stay on: transformers' sliding-window cache layers count in a Python int,
     which would otherwise recompile every token (``full_length_cache`` in ``heed.generate.decode``, which
     the compiled decoders use where it fits, counts in tensors only)."""
-    allow_recompiles()
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    fn = torch.compile(step, mode=mode, fullgraph=True)
-
-    def run(*args: Any) -> torch.Tensor:
-        if device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        return fn(*args).clone()  # a CUDA graph's output is overwritten by its next replay
-
-    return run
+    run = _graphed(step, device)
+    return lambda *args: run(*args).clone()  # a CUDA graph's output is overwritten by its next replay
 
 
 def compiled_whole_step(step: Callable[..., None], device: torch.device) -> Callable[..., None]:
@@ -85,14 +77,19 @@ def compiled_whole_step(step: Callable[..., None], device: torch.device) -> Call
     Static shapes only (``dynamic=False``): every per-step value is a tensor updated in place, so a
     replay sees the same shapes, the same Python values and, for the buffers it writes
     (``static_buffers``), the same addresses; nothing in it asks the host anything."""
+    return _graphed(step, device, dynamic=False)
+
+
+def _graphed(step: Callable[..., Any], device: torch.device, **options: Any) -> Callable[..., Any]:
+    """``step`` compiled whole (``fullgraph``); on CUDA replayed as a CUDA graph, each call a new step."""
     allow_recompiles()
     mode = "reduce-overhead" if device.type == "cuda" else None
-    fn = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+    fn = torch.compile(step, mode=mode, fullgraph=True, **options)
 
-    def run(*args: Any) -> None:
+    def run(*args: Any) -> Any:
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        fn(*args)
+        return fn(*args)
 
     return run
 

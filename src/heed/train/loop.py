@@ -395,13 +395,12 @@ class Loop:
         only shorten it."""
         s, pace = self.s, self.pace
         assert pace is not None
-        fit = distributed.broadcast(pace.steps())
+        per_step, fit = pace.per_step(), distributed.broadcast(pace.steps())
         total = max(self.state.step, min(s.total_steps, fit))
         first, pace.decided = not pace.decided, True
         if total == s.total_steps and not first:
             return
-        budget = self.run_budget
-        self.log(f"--time-budget {budget:g}s: {pace.per_step():.2f}s a step here"
+        self.log(f"--time-budget {self.run_budget:g}s: {per_step:.2f}s a step here"
                  + (f" now; {total} steps instead of {s.total_steps}" if not first else
                     f", so {total} steps" + (f" (of {s.total_steps})" if total < s.total_steps else "")))
         s.total_steps = total
